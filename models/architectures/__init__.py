@@ -1,0 +1,1 @@
+"""Built-in architectures; importing this package registers them with `models.registry`."""

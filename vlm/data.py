@@ -1,0 +1,190 @@
+"""The MedMNIST data layer: locate, verify, download and load splits as resident uint8 tensors.
+
+A split is kept whole in memory (MedMNIST is small) as a uint8 tensor in channels-first layout:
+(N, C, H, W) for 2D and (N, C, D, H, W) for 3D, with labels (N, L) as int64. Batches are built by
+indexing this tensor; preprocessing happens on the tensor, on its device (see `vlm.preprocess`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlm.errors import VlmError
+from vlm.tasks import SPLITS, TaskSpec, get_task
+
+ENV_ROOT = "VLM_DATA_ROOT"
+
+
+@dataclass
+class Split:
+    """One split of one dataset at one size, resident as tensors."""
+
+    images: torch.Tensor  # uint8, (N, C, H, W) or (N, C, D, H, W)
+    labels: torch.Tensor  # int64, (N, L)
+    task: TaskSpec
+    split: str
+    size: int
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str) -> "Split":
+        """The same split with its images and labels on `device`."""
+        return Split(self.images.to(device), self.labels.to(device), self.task, self.split, self.size)
+
+    def class_counts(self) -> list[int]:
+        """Images per class (multi-label: positives per label)."""
+        return class_counts(self.task, self.labels)
+
+
+def class_counts(task: TaskSpec, labels: torch.Tensor) -> list[int]:
+    """Per-class counts of a label tensor (N, L); positives per label for multi-label tasks."""
+    if task.kind == "multi-label":
+        return labels.sum(dim=0).tolist()
+    return torch.bincount(labels[:, 0].long().cpu(), minlength=task.num_classes).tolist()
+
+
+def default_root() -> Path:
+    """medmnist's own default data folder (~/.medmnist)."""
+    from medmnist.info import DEFAULT_ROOT
+
+    return Path(DEFAULT_ROOT)
+
+
+def resolve_root(data_root: str | os.PathLike | None = None) -> Path:
+    """The data folder: the argument, else $VLM_DATA_ROOT, else medmnist's default."""
+    if data_root:
+        return Path(data_root).expanduser()
+    if os.environ.get(ENV_ROOT):
+        return Path(os.environ[ENV_ROOT]).expanduser()
+    return default_root()
+
+
+def file_name(task: TaskSpec, size: int) -> str:
+    """MedMNIST's file name for a dataset at a size: 'breastmnist.npz', 'breastmnist_224.npz'."""
+    return f"{task.flag}.npz" if size == 28 else f"{task.flag}_{size}.npz"
+
+
+def file_path(task: TaskSpec, size: int, data_root: str | os.PathLike | None = None) -> Path:
+    task.check_size(size)
+    return resolve_root(data_root) / file_name(task, size)
+
+
+def local_sizes(task: TaskSpec, data_root: str | os.PathLike | None = None) -> list[int]:
+    """Sizes of this dataset whose file is present under the data root."""
+    root = resolve_root(data_root)
+    return [s for s in task.sizes if (root / file_name(task, s)).is_file()]
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(task: TaskSpec, size: int, data_root: str | os.PathLike | None = None) -> Path:
+    """Check a local file against the MD5 that medmnist.INFO lists; return its path."""
+    path = ensure_file(task, size, data_root)
+    expected = task.md5(size)
+    actual = md5sum(path)
+    if actual != expected:
+        raise VlmError(
+            f"{path} has MD5 {actual}, expected {expected}: the file is corrupt or from another "
+            f"MedMNIST version. Delete it and download it again from {task.url(size)}"
+        )
+    return path
+
+
+def download(task: TaskSpec, size: int, data_root: str | os.PathLike | None = None) -> Path:
+    """Download a dataset file (MD5-checked) into the data root, unless it is already there."""
+    path = file_path(task, size, data_root)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from torchvision.datasets.utils import download_url
+
+    try:
+        download_url(task.url(size), str(path.parent), filename=path.name, md5=task.md5(size))
+    except Exception as exc:  # network errors come in many types
+        raise VlmError(
+            f"Could not download {task.url(size)} ({type(exc).__name__}: {exc}). "
+            f"Download it by hand and save it as {path} (MD5 {task.md5(size)})."
+        ) from None
+    return path
+
+
+def ensure_file(
+    task: TaskSpec, size: int, data_root: str | os.PathLike | None = None, download_missing: bool = False
+) -> Path:
+    """The local file of a dataset at a size; download it if asked, else explain where to put it."""
+    path = file_path(task, size, data_root)
+    if path.is_file():
+        return path
+    if download_missing:
+        return download(task, size, data_root)
+    present = local_sizes(task, data_root)
+    also = f" Sizes present there: {', '.join(map(str, present))}." if present else ""
+    raise VlmError(
+        f"{path.name} not found in {path.parent}.{also} Download it from {task.url(size)} "
+        f"(MD5 {task.md5(size)}) into that folder, pass --download, or point --data-root / ${ENV_ROOT} "
+        f"at the folder that holds it."
+    )
+
+
+def _to_channels_first(images: np.ndarray, task: TaskSpec) -> np.ndarray:
+    """MedMNIST arrays -> (N, C, H, W) / (N, C, D, H, W): grey 2D is (N,H,W), colour (N,H,W,3), 3D (N,D,H,W)."""
+    if task.is_3d:
+        if images.ndim == 4:
+            return images[:, None]
+    elif images.ndim == 3:
+        return images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3):
+        return images.transpose(0, 3, 1, 2)
+    raise VlmError(f"{task.flag}: unexpected image array shape {images.shape} for a {task.dims} dataset.")
+
+
+def load_split(
+    flag: str | TaskSpec,
+    split: str = "test",
+    size: int = 28,
+    data_root: str | os.PathLike | None = None,
+    download: bool = False,
+    check_md5: bool = False,
+) -> Split:
+    """Load one split of a dataset at a size into uint8/int64 tensors on the CPU.
+
+    Example: `load_split("breastmnist", "test", 28, "../shared/data/medmnist")` -> Split of 156 images.
+    """
+    task = flag if isinstance(flag, TaskSpec) else get_task(flag)
+    if split not in SPLITS:
+        raise VlmError(f"Unknown split '{split}': choose one of {', '.join(SPLITS)}.")
+    task.check_size(size)
+    path = ensure_file(task, size, data_root, download_missing=download)
+    if check_md5:
+        verify(task, size, data_root)
+    try:
+        with np.load(path) as npz:
+            images = npz[f"{split}_images"]
+            labels = npz[f"{split}_labels"]
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise VlmError(
+            f"{path} is not a readable MedMNIST file ({type(exc).__name__}: {exc}). It may be truncated: "
+            f"delete it and download it again from {task.url(size)} (MD5 {task.md5(size)})."
+        ) from None
+    images = np.ascontiguousarray(_to_channels_first(images, task))
+    return Split(
+        images=torch.from_numpy(images.astype(np.uint8, copy=False)),
+        labels=torch.from_numpy(labels.astype(np.int64).reshape(len(labels), -1)),
+        task=task,
+        split=split,
+        size=size,
+    )

@@ -1,0 +1,208 @@
+"""Run records: one folder per run under a runs folder, written atomically, never overwritten.
+
+Layout of a run folder `runs/<run_id>/`:
+    record.json   the RunRecord (method, model, dataset, split, seed, config, metrics, versions, ...)
+    scores.npy    the (N, K) score matrix the metrics were computed from
+    (trainers add checkpoints and epochs.jsonl beside them)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm.errors import VlmError
+
+RECORD_FILE = "record.json"
+SCORES_FILE = "scores.npy"
+DEFAULT_RUNS_DIR = "runs"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise VlmError(f"Cannot write to {path.parent}: {exc.strerror}.") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array))
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries that shape a result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("medvlm", "torch", "torchvision", "timm", "open_clip_torch", "transformers", "medmnist",
+                 "numpy", "scikit-learn"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "run"
+
+
+def new_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
+    """Create and return a fresh, uniquely named run folder; an existing one is never reused."""
+    runs_dir = Path(runs_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            candidate = runs_dir / (f"{stamp}_{_slug(name)}" + (f"_{i}" if i else ""))
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise VlmError(f"Cannot create a run folder in {runs_dir}: {exc.strerror}.") from None
+    raise VlmError(f"Too many runs named '{name}' this second in {runs_dir}.")
+
+
+@dataclass
+class RunRecord:
+    """Everything needed to trust and compare one scored run."""
+
+    method: str  # "zero-shot", "train", "linear-probe", "knn", "full", "zs-init", "scores", ...
+    model: str  # model name or encoder id
+    dataset: str
+    size: int
+    split: str
+    metrics: dict[str, Any]
+    weights_id: str | None = None
+    seed: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    score_convention: str = "softmax probabilities (N, K); multi-label: per-label probabilities"
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=library_versions)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    status: str = "finished"
+    run_id: str = ""
+    path: str = ""
+
+    @property
+    def label(self) -> str:
+        """A short method label for tables: 'zero-shot ViT-B-32 [clip]'."""
+        extra = self.config.get("style") or self.config.get("mode")
+        return f"{self.method} {self.model}" + (f" [{extra}]" if extra and extra != self.method else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def save_run(
+    record: RunRecord,
+    scores: np.ndarray | None,
+    runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
+    run_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Write a record (and its scores) into a new run folder, or into `run_dir` if the run made one."""
+    folder = Path(run_dir) if run_dir is not None else new_run_dir(runs_dir, f"{record.dataset}_{record.method}_{record.model}")
+    record.run_id = folder.name
+    record.path = str(folder)
+    if scores is not None:
+        atomic_save_npy(folder / SCORES_FILE, scores)
+    atomic_write_text(folder / RECORD_FILE, json.dumps(record.to_dict(), indent=2, default=_json_default))
+    return folder
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def load_run(run: str | os.PathLike) -> RunRecord:
+    """Read a run folder (or its record.json)."""
+    path = Path(run)
+    record_path = path if path.suffix == ".json" else path / RECORD_FILE
+    try:
+        data = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        raise VlmError(f"No run record at {record_path}.") from None
+    except json.JSONDecodeError as exc:
+        raise VlmError(f"{record_path} is not valid JSON ({exc.msg}, line {exc.lineno}).") from None
+    record = RunRecord.from_dict(data)
+    record.path = str(record_path.parent)
+    return record
+
+
+def load_scores(record: RunRecord) -> np.ndarray:
+    path = Path(record.path) / SCORES_FILE
+    if not path.is_file():
+        raise VlmError(f"Run {record.run_id} has no scores file at {path}.")
+    return np.load(path)
+
+
+def load_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, status: str | None = "finished") -> list[RunRecord]:
+    """All run records under a runs folder, oldest first (unreadable folders are skipped)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise VlmError(f"Runs folder {runs_dir} does not exist.")
+    records = []
+    for record_path in sorted(runs_dir.glob(f"*/{RECORD_FILE}")):
+        try:
+            record = load_run(record_path)
+        except VlmError:
+            continue
+        if status is None or record.status == status:
+            records.append(record)
+    return records
+
+
+class Timer:
+    """Context manager that measures wall seconds: `with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
