@@ -188,3 +188,38 @@ def load_split(
         split=split,
         size=size,
     )
+
+
+def dataset_info(
+    flag: str,
+    size: int = 28,
+    data_root: str | os.PathLike | None = None,
+    download: bool = False,
+    check_md5: bool = False,
+) -> dict:
+    """Label names, per-split per-class counts (from the local file) and local files of a dataset."""
+    task = get_task(flag)
+    task.check_size(size)
+    root = resolve_root(data_root)
+    info: dict = {
+        "flag": task.flag,
+        "python_class": task.python_class,
+        "modality": task.modality,
+        "task": task.kind,
+        "dims": task.dims,
+        "n_channels": task.n_channels,
+        "labels": list(task.labels),
+        "n_samples": task.n_samples,
+        "data_root": str(root),
+        "files": {s: str(root / file_name(task, s)) for s in local_sizes(task, data_root)},
+        "size": size,
+        "counts": None,
+    }
+    if download or size in local_sizes(task, data_root):
+        counts = {}
+        for split in SPLITS:
+            loaded = load_split(task, split, size, data_root, download=download, check_md5=check_md5 and split == "train")
+            counts[split] = {"n": len(loaded), "per_class": loaded.class_counts()}
+        info["counts"] = counts
+        info["files"] = {s: str(root / file_name(task, s)) for s in local_sizes(task, data_root)}
+    return info

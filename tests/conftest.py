@@ -1,0 +1,74 @@
+"""Shared fixtures: synthetic MedMNIST-format files and the optional real files in ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlm.data import file_name
+from vlm.tasks import get_task
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data" / "medmnist"
+SHARED_WEIGHTS = SHARED / "weights"
+
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data/medmnist not present")
+needs_shared_weights = pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason="../shared/weights not present")
+
+# One dataset per task kind (and 3D), small enough to write in milliseconds.
+SYNTHETIC = {
+    "breastmnist": "binary",
+    "pathmnist": "multi-class",
+    "chestmnist": "multi-label",
+    "retinamnist": "ordinal",
+    "vesselmnist3d": "binary 3D",
+}
+
+
+def write_synthetic(root: Path, flag: str, size: int = 28, n: tuple[int, int, int] = (40, 12, 20), seed: int = 0,
+                    separable: bool = False) -> Path:
+    """Write `flag`'s file in MedMNIST's exact format: grey (N,H,W), colour (N,H,W,3), 3D (N,D,H,W), uint8.
+
+    Labels are (N,1) uint8 (multi-label: (N,L)). With `separable`, a class's images are brighter in
+    proportion to the class index, so a model can learn them.
+    """
+    task = get_task(flag)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        k = task.num_classes
+        if task.kind == "multi-label":
+            labels = (rng.random((count, k)) < 0.3).astype(np.uint8)
+            level = labels.mean(axis=1)
+        else:
+            labels = (np.arange(count) % k).astype(np.uint8)[:, None]
+            rng.shuffle(labels)
+            level = labels[:, 0] / max(k - 1, 1)
+        shape = (count,) + ((size,) * 3 if task.is_3d else (size, size)) + ((3,) if task.n_channels == 3 else ())
+        noise = rng.integers(0, 256, size=shape)
+        if separable:
+            base = (level * 200).reshape((count,) + (1,) * (len(shape) - 1))
+            noise = base + noise * 0.2
+        arrays[f"{split}_images"] = np.clip(noise, 0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels
+    path = root / file_name(task, size)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A temp data root with one small synthetic file per task kind (28 px)."""
+    for flag in SYNTHETIC:
+        write_synthetic(tmp_path, flag)
+    return tmp_path
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    return tmp_path / "runs"

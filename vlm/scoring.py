@@ -1,0 +1,84 @@
+"""Score a split and keep the result: the one path from a score matrix to Metrics and a RunRecord.
+
+Zero-shot, fine-tuning, training and `vlm evaluate` all end here, so every method is scored by the
+same evaluator and recorded the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlm.data import Split, load_split
+from vlm.errors import VlmError
+from vlm.evaluate import Metrics, check_scores, evaluate
+from vlm.results import RunRecord, save_run
+
+
+def score_split(
+    split: Split, scores: torch.Tensor, *, threshold: float = 0.5, n_bootstrap: int = 1000, seed: int = 0
+) -> Metrics:
+    """Check a (N, K) score matrix against a split and compute its metrics with CIs."""
+    check_scores(split.task, split.labels, scores)
+    return evaluate(split.task, split.labels.to(scores.device), scores, threshold=threshold,
+                    n_bootstrap=n_bootstrap, seed=seed)
+
+
+def record_run(
+    split: Split,
+    scores: torch.Tensor,
+    metrics: Metrics,
+    *,
+    method: str,
+    model: str,
+    runs_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | None = None,
+    **fields: Any,
+) -> RunRecord:
+    """Write the run record and its scores (atomically, in a new run folder unless `run_dir` is given)."""
+    record = RunRecord(method=method, model=model, dataset=split.task.flag, size=split.size, split=split.split,
+                       metrics=metrics.to_dict(), **fields)
+    save_run(record, scores.detach().float().cpu().numpy(), runs_dir, run_dir=run_dir)
+    return record
+
+
+def load_scores_file(path: str | os.PathLike) -> torch.Tensor:
+    """A saved .npy score array as a float64 tensor, with a clear error if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise VlmError(f"Scores file {path} not found.")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise VlmError(f"{path} is not a readable .npy array ({exc}).") from None
+    if not np.issubdtype(array.dtype, np.number):
+        raise VlmError(f"{path} holds {array.dtype} values, expected numbers.")
+    return torch.from_numpy(np.asarray(array, dtype=np.float64))
+
+
+def score_file(
+    flag: str,
+    scores_path: str | os.PathLike,
+    *,
+    split: str = "test",
+    size: int = 28,
+    data_root: str | os.PathLike | None = None,
+    threshold: float = 0.5,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    runs_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """`vlm evaluate`: score a saved array against a split's labels; record it when `runs_dir` is set."""
+    scores = load_scores_file(scores_path)
+    data = load_split(flag, split, size, data_root)
+    metrics = score_split(data, scores, threshold=threshold, n_bootstrap=n_bootstrap, seed=seed)
+    result = {"dataset": data.task.flag, "split": split, "size": size, **metrics.to_dict()}
+    if runs_dir is not None:
+        record = record_run(data, scores, metrics, method="scores", model=Path(scores_path).stem, runs_dir=runs_dir,
+                            seed=seed, config={"scores_file": str(scores_path), "threshold": threshold})
+        result["run_dir"] = record.path
+    return result
