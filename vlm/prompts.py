@@ -1,0 +1,523 @@
+"""Prompt-set files: one YAML file per MedMNIST dataset, validated on load and expanded into prompts.
+
+File format (``prompts/<flag>.yaml``, shipped as package data of the ``prompts`` package)::
+
+    dataset: pneumoniamnist              # a medmnist.INFO flag
+    description: free text               # optional
+    classes: [normal, pneumonia]         # exactly medmnist.INFO's labels, in index order
+    names:                               # optional: the name(s) put in {label}; default: the class itself
+      normal: [healthy lungs, normal lungs]    # a list = several names, all ensembled
+    styles:
+      clip:                              # style names: lower case, digits, '-' and '_'
+        description: CLIP-style templates
+        templates: ["a chest X-ray showing {label}."]   # each holds {label} (the only placeholder)
+        names: {...}                     # optional: replaces the top-level names for this style
+        synonyms: {normal: [clear lungs]}               # optional: extra names, added to the names
+        prompts:                         # optional: explicit prompts per class, used as written
+          pneumonia: ["This X-ray shows signs of pneumonia."]
+
+A single-label style (binary, multi-class, ordinal) has ``templates`` and/or ``prompts``; every class
+must end up with at least one prompt. A multi-label style (chestmnist) puts ``templates``/``prompts``
+under ``positive:`` and ``negative:`` (both required), e.g.
+``positive: {templates: ["a chest X-ray showing {label}."]}``,
+``negative: {templates: ["a chest X-ray showing no {label}."]}``; ``names``/``synonyms`` stay at
+the style level and fill {label} on both sides.
+
+Expansion: the prompts of a class are ``[t.format(label=n) for t in templates for n in names]``
+followed by its explicit prompts, exact duplicates dropped (first kept). All prompts of a class form
+one ensemble (the zero-shot classifier averages their normalised text embeddings).
+
+Every problem is a `VlmError` of the form ``FILE: FIELD (line N): message``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from vlm.errors import VlmError
+from vlm.tasks import TaskSpec, _info, get_task
+
+PLACEHOLDERS = ("label",)
+TOP_KEYS = ("dataset", "description", "classes", "names", "styles")
+STYLE_KEYS = ("description", "templates", "prompts", "names", "synonyms")
+MULTI_LABEL_STYLE_KEYS = ("description", "positive", "negative", "names", "synonyms")
+SIDE_KEYS = ("templates", "prompts")
+SIDES = ("positive", "negative")
+_STYLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+
+
+# ----------------------------------------------------------------------------- data types
+@dataclass(frozen=True)
+class PromptBlock:
+    """Templates (each with a ``{label}`` placeholder) and explicit prompts per class."""
+
+    templates: tuple[str, ...] = ()
+    prompts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def expand(self, cls: str, names: Sequence[str]) -> list[str]:
+        """Filled-in templates (template-major, then names) followed by the explicit prompts, no duplicates."""
+        filled = [t.format(label=n) for t in self.templates for n in names]
+        return list(dict.fromkeys(filled + list(self.prompts.get(cls, ()))))
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """One named way of prompting a dataset.
+
+    `names` holds, per class, the names that fill ``{label}`` (top-level or style names, plus the
+    style's synonyms). Single-label styles keep their prompts in `positive`; multi-label styles also
+    have `negative` (the "finding absent" side of each label's pair).
+    """
+
+    name: str
+    description: str
+    names: dict[str, tuple[str, ...]]
+    positive: PromptBlock
+    negative: PromptBlock | None = None
+
+    @property
+    def is_pairs(self) -> bool:
+        return self.negative is not None
+
+    def expand_class(self, cls: str, side: str = "positive") -> list[str]:
+        block = self.positive if side == "positive" else self.negative
+        if block is None:
+            raise VlmError(f"Prompt style '{self.name}' has no {side} prompts.")
+        return block.expand(cls, self.names[cls])
+
+
+@dataclass(frozen=True, eq=False)
+class PromptSet:
+    """A validated prompt-set file.
+
+    - `expand(style)` (binary / multi-class / ordinal): one list of prompts per class, in class order.
+    - `expand_pairs(style)` (multi-label): one ``(positive prompts, negative prompts)`` pair per label.
+    """
+
+    dataset: str
+    classes: list[str]
+    styles: dict[str, PromptStyle]
+    path: Path
+    description: str = ""
+    names: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def task(self) -> TaskSpec:
+        return get_task(self.dataset)
+
+    @property
+    def style_names(self) -> list[str]:
+        return list(self.styles)
+
+    @property
+    def is_multi_label(self) -> bool:
+        return self.task.kind == "multi-label"
+
+    def resolve_styles(self, spec: str | Sequence[str]) -> list[str]:
+        """Style names from a name, a comma list ("clip,descriptive"), a list of those, or "all"."""
+        items = [spec] if isinstance(spec, str) else list(spec)
+        wanted = [s.strip() for item in items for s in str(item).split(",") if s.strip()]
+        available = ", ".join(self.style_names)
+        if not wanted:
+            raise VlmError(f"No prompt style given for {self.dataset}; available: {available} (or 'all').")
+        if "all" in wanted:
+            return self.style_names
+        for name in wanted:
+            if name not in self.styles:
+                close = difflib.get_close_matches(name, self.style_names, n=1, cutoff=0.6)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise VlmError(f"Unknown prompt style '{name}' in {self.path}.{hint} "
+                               f"Available: {available} (or 'all').")
+        return list(dict.fromkeys(wanted))
+
+    def _style(self, style: str) -> PromptStyle:
+        if style not in self.styles:
+            names = self.resolve_styles(style)  # raises for unknown names
+            if len(names) != 1:
+                raise VlmError(f"Expand one prompt style at a time, not '{style}'.")
+            style = names[0]
+        return self.styles[style]
+
+    def expand(self, style: str) -> list[list[str]]:
+        """Single-label kinds: the fully filled-in prompts of each class, in class order."""
+        if self.is_multi_label:
+            raise VlmError(f"{self.dataset} is multi-label: use expand_pairs() for (positive, negative) prompts.")
+        s = self._style(style)
+        return [s.expand_class(c) for c in self.classes]
+
+    def expand_pairs(self, style: str) -> list[tuple[list[str], list[str]]]:
+        """Multi-label: one (positive prompts, negative prompts) pair per label, in label order."""
+        if not self.is_multi_label:
+            raise VlmError(f"{self.dataset} is {self.task.kind}, not multi-label: use expand().")
+        s = self._style(style)
+        return [(s.expand_class(c, "positive"), s.expand_class(c, "negative")) for c in self.classes]
+
+    def counts(self, style: str) -> list[int] | list[tuple[int, int]]:
+        """Prompts per class (multi-label: (positive, negative) per label)."""
+        if self.is_multi_label:
+            return [(len(p), len(n)) for p, n in self.expand_pairs(style)]
+        return [len(p) for p in self.expand(style)]
+
+    def n_prompts(self, style: str) -> int:
+        """All expanded prompts of a style (multi-label: positive and negative)."""
+        return sum(sum(c) if isinstance(c, tuple) else c for c in self.counts(style))
+
+    def to_json(self, styles: str | Sequence[str] | None = None) -> dict[str, Any]:
+        """``{"dataset", "classes", "styles": {NAME: [[prompts of class 0], ...]}}``; multi-label:
+        each label is ``{"positive": [...], "negative": [...]}``. `styles` picks some (default all)."""
+        names = self.style_names if styles is None else self.resolve_styles(styles)
+        out: dict[str, Any] = {}
+        for name in names:
+            if self.is_multi_label:
+                out[name] = [{"positive": p, "negative": n} for p, n in self.expand_pairs(name)]
+            else:
+                out[name] = self.expand(name)
+        return {"dataset": self.dataset, "classes": list(self.classes), "styles": out}
+
+
+# ----------------------------------------------------------------------------- locating files
+def prompts_dir() -> Path:
+    """The folder of the shipped prompt files (the `prompts` package)."""
+    return Path(str(resources.files("prompts")))
+
+
+def shipped_prompt_file(flag: str) -> Path:
+    return prompts_dir() / f"{get_task(flag).flag}.yaml"
+
+
+def shipped_prompt_files() -> list[Path]:
+    """The shipped prompt files, in medmnist.INFO order (files for other names last, by name)."""
+    order = {flag: i for i, flag in enumerate(_info())}
+    return sorted(prompts_dir().glob("*.yaml"), key=lambda p: (order.get(p.stem, len(order)), p.name))
+
+
+def _looks_like_path(source: str) -> bool:
+    p = Path(source)
+    return p.suffix.lower() in (".yaml", ".yml") or "/" in source or "\\" in source or p.is_file()
+
+
+def load_prompt_set(source: str | Path, dataset: str | None = None) -> PromptSet:
+    """Load and validate a prompt set from a YAML path or a dataset flag (-> the shipped file).
+
+    With `dataset`, the file must be for that dataset (used for ``--prompts FILE`` next to a flag).
+    """
+    if isinstance(source, Path) or _looks_like_path(source):
+        return validate_prompt_set(Path(source), dataset)
+    task = get_task(source)
+    if dataset is not None and get_task(dataset).flag != task.flag:
+        raise VlmError(f"Prompt set '{task.flag}' was asked for dataset '{dataset}'.")
+    path = shipped_prompt_file(task.flag)
+    if not path.is_file():
+        raise VlmError(f"No shipped prompt file for {task.flag} (expected {path}); pass a YAML file instead.")
+    return validate_prompt_set(path, task.flag)
+
+
+# ----------------------------------------------------------------------------- reading YAML
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # unhashable key: let the base constructor report it
+            break
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first given on line {first})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.constructor.BaseConstructor.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _index_lines(node: yaml.Node | None, prefix: tuple, lines: dict[tuple, int]) -> None:
+    """Map each field path (tuple of keys / indices) to its 1-based line in the file."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = prefix + (str(key_node.value),)
+            lines.setdefault(path, key_node.start_mark.line + 1)
+            _index_lines(value_node, path, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.setdefault(prefix + (i,), item.start_mark.line + 1)
+            _index_lines(item, prefix + (i,), lines)
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
+    if not path.is_file():
+        raise VlmError(f"{path}: no such prompt file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise VlmError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = ": ".join(p for p in (exc.context, exc.problem) if p)
+        raise VlmError(f"{path}: {where}YAML syntax error: {problem}.") from None
+    except yaml.YAMLError as exc:
+        raise VlmError(f"{path}: YAML syntax error: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
+    lines: dict[tuple, int] = {}
+    _index_lines(node, (), lines)
+    return data, lines
+
+
+# ----------------------------------------------------------------------------- validation
+class _Checker:
+    """Raises `VlmError("FILE: FIELD (line N): message")`."""
+
+    def __init__(self, path: Path, lines: dict[tuple, int]):
+        self.path = path
+        self.lines = lines
+
+    @staticmethod
+    def field_name(fld: tuple) -> str:
+        out = ""
+        for part in fld:
+            if isinstance(part, int):
+                out += f"[{part}]"
+            elif _PLAIN_KEY.match(part):
+                out += f".{part}" if out else part
+            else:
+                out += f"['{part}']"
+        return out or "(top level)"
+
+    def line(self, fld: tuple) -> int | None:
+        for n in range(len(fld), 0, -1):
+            if fld[:n] in self.lines:
+                return self.lines[fld[:n]]
+        return None
+
+    def fail(self, fld: tuple, message: str) -> None:
+        line = self.line(fld)
+        where = f" (line {line})" if line else ""
+        raise VlmError(f"{self.path}: {self.field_name(fld)}{where}: {message}")
+
+
+def _hint(word: str, options: Iterable[str]) -> str:
+    options = list(options)
+    lower = {o.lower(): o for o in options}
+    close = [lower[word.lower()]] if word.lower() in lower else difflib.get_close_matches(word, options, 1, 0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _as_str(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):  # `0:` / `[0, 1]` in retinamnist
+        return str(value)
+    return None
+
+
+def _str_list(c: _Checker, fld: tuple, value: Any, *, single_ok: bool = False, what: str = "strings") -> list[str]:
+    if single_ok and _as_str(value) is not None:
+        value = [value]
+    if not isinstance(value, list):
+        c.fail(fld, f"must be a list of {what}" + (" (or one string)" if single_ok else "")
+               + f", not {type(value).__name__}.")
+    out = []
+    for i, item in enumerate(value):
+        s = _as_str(item)
+        if s is None or not s.strip():
+            c.fail(fld + (i,), f"must be a non-empty string, not {item!r}.")
+        out.append(s.strip())
+    return out
+
+
+def _class_map(c: _Checker, fld: tuple, value: Any, classes: list[str], *, single_ok: bool,
+               what: str = "class") -> dict[str, list[str]]:
+    """A mapping class -> list of strings; keys must be class names."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        c.fail(fld, f"must be a mapping from {what} name to a list of strings, not {type(value).__name__}.")
+    out: dict[str, list[str]] = {}
+    for key, item in value.items():
+        k = _as_str(key)
+        if k is None or k not in classes:
+            plural = "classes" if what == "class" else f"{what}s"
+            c.fail(fld + (str(key),), f"unknown {what} '{key}'{_hint(str(key), classes)}; "
+                                      f"the {plural} are: {', '.join(map(repr, classes))}.")
+        out[k] = _str_list(c, fld + (k,), item, single_ok=single_ok)
+    return out
+
+
+def _check_template(c: _Checker, fld: tuple, template: str) -> None:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        c.fail(fld, f"template {template!r} has malformed braces ({exc}); write a literal brace as {{{{ or }}}}.")
+    found = False
+    for _, name, spec, conv in parsed:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS:
+            c.fail(fld, f"template {template!r} has an unknown placeholder {{{name}}}; "
+                        f"the only placeholder is {{label}}.")
+        if spec or conv:
+            c.fail(fld, f"template {template!r}: write the placeholder as plain {{label}}.")
+        found = True
+    if not found:
+        c.fail(fld, f"template {template!r} has no {{label}} placeholder (use `prompts:` for fixed sentences).")
+
+
+def _check_classes(c: _Checker, classes: list[str], task: TaskSpec) -> None:
+    labels = list(task.labels)
+    dup = [x for i, x in enumerate(classes) if x in classes[:i]]
+    if dup:
+        c.fail(("classes",), f"class {dup[0]!r} is listed twice.")
+    if classes == labels:
+        return
+    missing = [x for x in labels if x not in classes]
+    extra = [x for x in classes if x not in labels]
+    moved = [f"{x!r} at index {i} (INFO index {labels.index(x)})"
+             for i, x in enumerate(classes) if x in labels and labels.index(x) != i]
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(map(repr, missing)))
+    if extra:
+        parts.append("extra " + ", ".join(f"{x!r}{_hint(x, missing)}" for x in extra))
+    if moved:
+        parts.append("index mismatch " + ", ".join(moved))
+    c.fail(("classes",), f"do not match medmnist.INFO['{task.flag}'] labels {labels}: " + "; ".join(parts) + ".")
+
+
+def _block(c: _Checker, fld: tuple, raw: dict, classes: list[str], *, side: str | None) -> PromptBlock:
+    templates = _str_list(c, fld + ("templates",), raw.get("templates") or [], what="templates")
+    for i, t in enumerate(templates):
+        _check_template(c, fld + ("templates", i), t)
+    prompts = _class_map(c, fld + ("prompts",), raw.get("prompts"), classes, single_ok=True,
+                         what="label" if side else "class")
+    for cls, items in prompts.items():
+        for i, p in enumerate(items):
+            if _PLACEHOLDER.search(p):
+                c.fail(fld + ("prompts", cls, i), f"explicit prompt {p!r} holds a placeholder; explicit prompts are "
+                                                  f"used as written (put it under `templates:`).")
+    what = f"{side} " if side else ""
+    if not templates and not any(prompts.values()):
+        c.fail(fld, f"empty {'side' if side else 'style'}: give {what}templates and/or prompts.")
+    if not templates:
+        for cls in classes:
+            if not prompts.get(cls):
+                c.fail(fld + ("prompts",), f"{'label' if side else 'class'} {cls!r} has no {what}prompts "
+                                           f"(and there are no templates).")
+    return PromptBlock(tuple(templates), {k: tuple(v) for k, v in prompts.items()})
+
+
+def _style(c: _Checker, fld: tuple, raw: Any, task: TaskSpec, classes: list[str],
+           top_names: dict[str, list[str]]) -> PromptStyle:
+    multi = task.kind == "multi-label"
+    if raw is None or raw == {}:
+        c.fail(fld, "empty style: give " + ("positive: and negative:" if multi else "templates and/or prompts") + ".")
+    if not isinstance(raw, dict):
+        c.fail(fld, f"a style must be a mapping, not {type(raw).__name__}.")
+    allowed = MULTI_LABEL_STYLE_KEYS if multi else STYLE_KEYS
+    for key in raw:
+        if key in allowed:
+            continue
+        if key in SIDES:
+            c.fail(fld + (key,), f"'{key}:' is for multi-label datasets; {task.flag} is {task.kind}: "
+                                 f"give templates and/or prompts.")
+        if key in SIDE_KEYS:
+            c.fail(fld + (key,), f"{task.flag} is multi-label: put templates and prompts under positive: and negative:.")
+        c.fail(fld + (str(key),), f"unknown style key '{key}'{_hint(str(key), allowed)}; allowed: {', '.join(allowed)}.")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        c.fail(fld + ("description",), "must be a string.")
+    style_names = _class_map(c, fld + ("names",), raw.get("names"), classes, single_ok=True,
+                             what="label" if multi else "class")
+    synonyms = _class_map(c, fld + ("synonyms",), raw.get("synonyms"), classes, single_ok=True,
+                          what="label" if multi else "class")
+    names = {cls: tuple(dict.fromkeys((style_names.get(cls) or top_names.get(cls) or [cls]) + synonyms.get(cls, [])))
+             for cls in classes}
+    name = fld[-1]
+    if not multi:
+        return PromptStyle(name, description.strip(), names, _block(c, fld, raw, classes, side=None))
+    blocks = {}
+    for side in SIDES:
+        if side not in raw:
+            c.fail(fld, f"multi-label style needs both positive: and negative: ({side}: is missing).")
+        side_raw = raw[side]
+        if side_raw is None or side_raw == {}:
+            c.fail(fld + (side,), f"empty {side} side: give templates and/or prompts.")
+        if not isinstance(side_raw, dict):
+            c.fail(fld + (side,), f"must be a mapping with templates and/or prompts, not {type(side_raw).__name__}.")
+        for key in side_raw:
+            if key not in SIDE_KEYS:
+                c.fail(fld + (side, str(key)), f"unknown key '{key}'{_hint(str(key), SIDE_KEYS)}; "
+                                               f"allowed: {', '.join(SIDE_KEYS)}.")
+        blocks[side] = _block(c, fld + (side,), side_raw, classes, side=side)
+    return PromptStyle(name, description.strip(), names, blocks["positive"], blocks["negative"])
+
+
+def validate_prompt_set(path: str | Path, dataset: str | None = None) -> PromptSet:
+    """Read and check a prompt-set file (optionally: that it is for `dataset`); return the PromptSet.
+
+    Every problem raises a one-line `VlmError` naming the file, the field and (where known) the line.
+    """
+    path = Path(path)
+    data, lines = _read_yaml(path)
+    c = _Checker(path, lines)
+    if not isinstance(data, dict):
+        c.fail((), "a prompt file is a YAML mapping with keys dataset, classes and styles"
+                   + (" (the file is empty)." if data is None else f", not a {type(data).__name__}."))
+    for key in data:
+        if key not in TOP_KEYS:
+            c.fail((str(key),), f"unknown top-level key '{key}'{_hint(str(key), TOP_KEYS)}; "
+                                f"allowed: {', '.join(TOP_KEYS)}.")
+    for key in ("dataset", "classes", "styles"):
+        if key not in data:
+            c.fail((), f"missing required key '{key}'.")
+
+    flag = _as_str(data["dataset"])
+    if flag is None:
+        c.fail(("dataset",), "must be a dataset flag such as pneumoniamnist.")
+    try:
+        task = get_task(flag)
+    except VlmError as exc:
+        c.fail(("dataset",), str(exc))
+    if dataset is not None and get_task(dataset).flag != task.flag:
+        c.fail(("dataset",), f"the file is for '{task.flag}', but it was given for '{get_task(dataset).flag}'.")
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        c.fail(("description",), "must be a string.")
+
+    classes = _str_list(c, ("classes",), data["classes"], what="class names")
+    _check_classes(c, classes, task)
+    multi = task.kind == "multi-label"
+    names = _class_map(c, ("names",), data.get("names"), classes, single_ok=True, what="label" if multi else "class")
+
+    raw_styles = data["styles"]
+    if not isinstance(raw_styles, dict) or not raw_styles:
+        c.fail(("styles",), "must be a non-empty mapping from style name to style.")
+    styles: dict[str, PromptStyle] = {}
+    for name, raw in raw_styles.items():
+        sname = _as_str(name)
+        if sname is None or not _STYLE_NAME.match(sname) or sname == "all":
+            c.fail(("styles", str(name)), f"bad style name {name!r}: use lower-case letters, digits, '-' and '_' "
+                                          f"(and not 'all').")
+        styles[sname] = _style(c, ("styles", sname), raw, task, classes, names)
+    return PromptSet(dataset=task.flag, classes=classes, styles=styles, path=path,
+                     description=description.strip(), names=names)
