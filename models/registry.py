@@ -83,6 +83,8 @@ def _resolve(name: str) -> tuple[ModelEntry | None, str | None]:
         prefix, base = name.split(":", 1)
         if prefix in _PREFIXES:
             return _PREFIXES[prefix], base
+        if prefix in ("hf-hub", "hf_hub", "local-dir"):  # timm's own name schemes go to the fallback
+            return None, None
         raise ModelError(f"Unknown model prefix '{prefix}:' in '{name}'. Known prefixes: "
                          f"{', '.join(p + ':' for p in sorted(_PREFIXES))}.")
     return None, None
@@ -126,8 +128,9 @@ def create_model(
         in_chans: input channels the model takes.
         pretrained: start from pretrained weights (from `weights` when given; otherwise the
             architecture's own download, which fails offline with a clear message).
-        weights: a local checkpoint (.safetensors / .pt / .pth) loaded into the backbone; the head
-            is re-initialised for `num_classes`.
+        weights: a local checkpoint (.safetensors / .pt / .pth) loaded into the backbone; a head that
+            does not have `num_classes` outputs is re-initialised (one that does is kept, so a
+            fine-tuned checkpoint reloads whole).
         **kwargs: architecture options (e.g. `image_size`, `slice_axis` for `slices:`).
 
     Example:

@@ -1,0 +1,125 @@
+"""MedMNIST's CIFAR-style ResNets (`medmnist-resnet18`, `medmnist-resnet50`).
+
+The architectures of MedMNIST's own experiments (MedMNIST/experiments, `MedMNIST2D/models.py`,
+adapted there from kuangliu/pytorch-cifar) used for the 28 px baselines: a 3x3 stride-1 stem conv
+with BatchNorm and ReLU and *no* max-pool, four stages of BasicBlocks ([2, 2, 2, 2]) or Bottlenecks
+([3, 4, 6, 3]) at 64/128/256/512 planes (strides 1, 2, 2, 2), a 1x1-conv + BN projection shortcut
+when the shape changes, adaptive average pooling and a linear head. Module names match that file
+(`conv1`, `bn1`, `layer1..4`, `shortcut`, `linear`), so its checkpoints (`{"net": state_dict}`)
+load with `weights=FILE`.
+
+Plain `resnet18` / `resnet50` keep timm's (ImageNet) meaning: 7x7 stride-2 stem and max-pool.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.registry import ModelError, register_model
+from models.weights import load_weights
+
+__all__ = ["BasicBlock", "Bottleneck", "MedMNISTResNet"]
+
+
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+    if stride == 1 and in_planes == out_planes:
+        return nn.Sequential()  # identity, as in the original (keeps its state-dict keys)
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class MedMNISTResNet(nn.Module):
+    """CIFAR-style ResNet: 3x3 stride-1 stem, no max-pool, adaptive average pool, linear head."""
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], num_blocks: list[int], *,
+                 in_chans: int = 3, num_classes: int = 2) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
+        self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.num_features = 512 * block.expansion
+        self.linear = nn.Linear(self.num_features, num_classes)
+
+    def _make_layer(self, block, planes: int, n: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (n - 1):
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return torch.flatten(self.avgpool(out), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.forward_features(x))
+
+
+def _build(name: str, block, num_blocks: list[int], num_classes: int, in_chans: int,
+           pretrained: bool, weights, kwargs: dict) -> nn.Module:
+    if kwargs:
+        raise ModelError(f"Model '{name}' takes no options (given: {', '.join(kwargs)}).")
+    model = MedMNISTResNet(block, num_blocks, in_chans=in_chans, num_classes=num_classes)
+    if weights is not None:
+        load_weights(model, weights, head="linear", first_conv="conv1", name=name)
+    elif pretrained:
+        raise ModelError(f"'{name}' has no published pretrained weights; pass a checkpoint with --weights FILE "
+                         f"or train from scratch.")
+    return model
+
+
+@register_model("medmnist-resnet18", dims="2d")
+def medmnist_resnet18(num_classes: int, *, in_chans: int = 3, pretrained: bool = False, weights=None, **kwargs):
+    """MedMNIST's CIFAR-style ResNet-18 (3x3 stride-1 stem, no max-pool), for 28 px inputs."""
+    return _build("medmnist-resnet18", BasicBlock, [2, 2, 2, 2], num_classes, in_chans, pretrained, weights, kwargs)
+
+
+@register_model("medmnist-resnet50", dims="2d")
+def medmnist_resnet50(num_classes: int, *, in_chans: int = 3, pretrained: bool = False, weights=None, **kwargs):
+    """MedMNIST's CIFAR-style ResNet-50 (3x3 stride-1 stem, no max-pool), for 28 px inputs."""
+    return _build("medmnist-resnet50", Bottleneck, [3, 4, 6, 3], num_classes, in_chans, pretrained, weights, kwargs)
