@@ -114,7 +114,7 @@ def create_model(
     name: str,
     num_classes: int,
     *,
-    in_chans: int = 3,
+    in_chans: int | None = None,
     pretrained: bool = False,
     weights: str | None = None,
     **kwargs,
@@ -125,7 +125,8 @@ def create_model(
         name: a registered name (`medmnist-resnet18`, `vit3d`), a prefixed name
             (`slices:tf_efficientnet_lite0`, `acs:resnet18`), or any timm 2D model (`resnet50`).
         num_classes: outputs of the head (classes, or labels for multi-label tasks).
-        in_chans: input channels the model takes.
+        in_chans: input channels the model takes; None keeps the architecture's default (3 for 2D
+            models, 1 for 3D models).
         pretrained: start from pretrained weights (from `weights` when given; otherwise the
             architecture's own download, which fails offline with a clear message).
         weights: a local checkpoint (.safetensors / .pt / .pth) loaded into the backbone; a head that
@@ -138,7 +139,9 @@ def create_model(
         >>> create_model("slices:tf_efficientnet_lite0", 2, weights="lite0.safetensors")  # doctest: +SKIP
     """
     entry, base = _resolve(name)
-    common = dict(in_chans=in_chans, pretrained=pretrained or weights is not None, weights=weights, **kwargs)
+    common = dict(pretrained=pretrained or weights is not None, weights=weights, **kwargs)
+    if in_chans is not None:
+        common["in_chans"] = in_chans
     if entry is not None:
         return entry.factory(base, num_classes, **common) if base is not None else entry.factory(num_classes, **common)
     _check_fallback(name)
