@@ -544,19 +544,15 @@ def embeddings_figure(
     check_out(out)
     if method not in ("pca", "tsne"):
         raise VlmError(f"Unknown projection '{method}': use pca or tsne.")
-    try:
-        from vlm.embeddings import image_embeddings
-        from vlm.encoders import load_encoder
-    except ImportError as exc:
-        raise VlmError(f"Image embeddings are not available in this installation ({exc}).") from None
+    from vlm.embeddings import image_embeddings
+    from vlm.encoders import load_encoder
+
     data = load_split(flag, split, size, data_root)
     if limit and len(data) > limit:
         idx = np.sort(np.random.default_rng(seed).permutation(len(data))[:limit])
         data = Split(data.images[idx], data.labels[idx], data.task, data.split, data.size)
     encoder = load_encoder(encoder_name, weights, device=device)
-    emb = image_embeddings(encoder, data)
-    if isinstance(emb, tuple):  # (embeddings, number of images encoded in this call)
-        emb = emb[0]
+    emb, _ = image_embeddings(encoder, data)
     return plot_embeddings(emb, data.labels, data.task.labels, out, method=method, seed=seed,
                            title=f"{method.upper()} of {encoder_name} image embeddings · {data.task.flag} {size}px "
                                  f"{split} (n={len(data)})")

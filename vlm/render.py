@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from vlm.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from vlm.prompts import PromptSet
 
 
 def task_summary(task: TaskSpec, present: list[int]) -> dict[str, Any]:
@@ -78,3 +81,53 @@ def metrics_table(results: list[dict[str, Any]], title: str = "", name_key: str 
                  "-" if r.get("balanced_acc") is None else f"{r['balanced_acc']:.3f}", str(r["n"])]
         table.add_row(*([str(r.get(name_key, ""))] if name_key else []), *cells)
     return table
+
+
+# ----------------------------------------------------------------------------- prompt sets
+def prompt_set_summary(ps: PromptSet) -> dict[str, Any]:
+    """The JSON/table row of a prompt file for `vlm prompts list`: its styles and prompts per style."""
+    styles = {}
+    for name, style in ps.styles.items():
+        counts = ps.counts(name)
+        styles[name] = {"description": style.description, "prompts": ps.n_prompts(name),
+                        "per_class": [list(c) if isinstance(c, tuple) else c for c in counts]}
+    return {"dataset": ps.dataset, "kind": ps.task.kind, "classes": len(ps.classes), "path": str(ps.path),
+            "styles": styles}
+
+
+def prompt_sets_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Prompt sets (prompts per style; multi-label counts positive + negative)",
+                  title_justify="left")
+    for col in ("dataset", "task", "classes", "styles"):
+        table.add_column(col, justify="right" if col == "classes" else "left")
+    for r in rows:
+        styles = Text(", ").join(Text.assemble((name, "bold"), f" ({s['prompts']})") for name, s in r["styles"].items())
+        table.add_row(r["dataset"], r["kind"], str(r["classes"]), styles)
+    return table
+
+
+def prompt_set_view(data: dict[str, Any], descriptions: dict[str, str] | None = None,
+                    path: Path | str | None = None) -> Group:
+    """`PromptSet.to_json()` as one table per style: class -> its expanded prompts (multi-label: +/- pairs)."""
+    descriptions = descriptions or {}
+    parts: list[Any] = [Text.assemble((data["dataset"], "bold"), f"  {len(data['classes'])} classes"
+                                      + (f" · {path}" if path else ""))]
+    for name, per_class in data["styles"].items():
+        title = f"{name}" + (f" — {descriptions[name]}" if descriptions.get(name) else "")
+        table = Table(title=title, title_justify="left", show_lines=True)
+        table.add_column("#", justify="right")
+        table.add_column("class")
+        pairs = bool(per_class) and isinstance(per_class[0], dict)
+        if pairs:
+            table.add_column("positive prompts")
+            table.add_column("negative prompts")
+        else:
+            table.add_column("prompts")
+        for i, (cls, prompts) in enumerate(zip(data["classes"], per_class)):
+            if pairs:
+                table.add_row(str(i), Text(cls), Text("\n".join(prompts["positive"])),
+                              Text("\n".join(prompts["negative"])))
+            else:
+                table.add_row(str(i), Text(cls), Text("\n".join(prompts)))
+        parts.append(table)
+    return Group(*parts)

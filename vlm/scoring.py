@@ -7,6 +7,8 @@ same evaluator and recorded the same way.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,18 @@ from vlm.data import Split, load_split
 from vlm.errors import VlmError
 from vlm.evaluate import Metrics, check_scores, evaluate
 from vlm.results import RunRecord, save_run
+
+_TAGS: ContextVar[dict[str, Any]] = ContextVar("record_tags", default={})
+
+
+@contextmanager
+def record_tags(**tags: Any):
+    """Add `tags` to the config of every record written inside the block (e.g. an experiment's job key)."""
+    token = _TAGS.set({**_TAGS.get(), **tags})
+    try:
+        yield
+    finally:
+        _TAGS.reset(token)
 
 
 def score_split(
@@ -40,6 +54,7 @@ def record_run(
     **fields: Any,
 ) -> RunRecord:
     """Write the run record and its scores (atomically, in a new run folder unless `run_dir` is given)."""
+    fields["config"] = {**fields.get("config", {}), **_TAGS.get()}
     record = RunRecord(method=method, model=model, dataset=split.task.flag, size=split.size, split=split.split,
                        metrics=metrics.to_dict(), **fields)
     save_run(record, scores.detach().float().cpu().numpy(), runs_dir, run_dir=run_dir)

@@ -1,0 +1,202 @@
+"""Image embeddings of a split, computed once per (encoder, weights, data, preprocessing) and cached.
+
+`image_embeddings(encoder, split)` returns L2-normalised (N, E) float32 embeddings and how many
+images it had to encode (0 on a cache hit). Batches are slices of the resident uint8 split,
+preprocessed on the encoder's device by `encoder.preprocess`; on CUDA the encoder runs under bf16
+autocast, on CPU in fp32, always under `torch.inference_mode()`.
+
+3D volumes (N, C, D, H, W) are encoded slice by slice along `slice_axis` (0, 1, 2 = D, H, W): each
+slice embedding is L2-normalised, the slices of a volume are pooled (mean or max) and the result is
+renormalised. Counts and progress are in volumes.
+
+Cache: one `<key>.safetensors` (tensor "embeddings") and a `<key>.json` sidecar that spells out the
+key, under `cache_dir` (default `$VLM_CACHE_DIR`, else `~/.cache/medvlm/embeddings`). The key is the
+sha256 of the encoder id and weights id, dataset, size, split, the preprocessing id, the 3D policy,
+a fingerprint of the split's contents (shape, labels and a strided sample of images, so that a
+re-generated or edited file is not mistaken for the old one) and the format version. Files are written
+atomically; a corrupt or mismatched entry is recomputed. Random-initialised encoders (weights id
+`random-init`) are never cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from vlm.data import Split
+from vlm.encoders import RANDOM_INIT, Encoder
+from vlm.errors import VlmError
+from vlm.results import atomic_write_bytes, atomic_write_text
+
+FORMAT_VERSION = 1
+ENV_CACHE = "VLM_CACHE_DIR"
+POOLS = ("mean", "max")
+SLICE_AXES = {0: "D", 1: "H", 2: "W"}
+_FINGERPRINT_SAMPLES = 32
+_RESIDENT_LIMIT = 4 << 30  # move a split to the GPU whole when it is below 4 GiB
+
+Progress = Callable[[int], Any]
+
+
+def default_cache_dir() -> Path:
+    """$VLM_CACHE_DIR, else ~/.cache/medvlm/embeddings."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "medvlm" / "embeddings"
+
+
+def check_policy(slice_axis: int, pool: str) -> None:
+    """Validate the 3D slice axis and pooling (raises VlmError)."""
+    if isinstance(slice_axis, bool) or slice_axis not in SLICE_AXES:
+        raise VlmError(f"Slice axis {slice_axis} is out of range: use 0 (D, depth), 1 (H) or 2 (W) of a "
+                       f"(C, D, H, W) volume.")
+    if pool not in POOLS:
+        raise VlmError(f"Unknown pooling '{pool}': use {' or '.join(POOLS)}.")
+
+
+def data_fingerprint(split: Split) -> str:
+    """A cheap content fingerprint: shape, labels and up to 32 evenly spaced images."""
+    digest = hashlib.sha256()
+    images = split.images
+    digest.update(repr((tuple(images.shape), str(images.dtype))).encode())
+    digest.update(split.labels.detach().cpu().contiguous().numpy().tobytes())
+    n = images.shape[0]
+    if n:
+        idx = torch.linspace(0, n - 1, steps=min(n, _FINGERPRINT_SAMPLES)).round().long().unique()
+        digest.update(images[idx.to(images.device)].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(encoder: Encoder, split: Split, slice_axis: int = 0, pool: str = "mean") -> dict[str, Any]:
+    """The fields that identify a cached embedding matrix (hashed into its file name)."""
+    is_3d = split.images.dim() == 5
+    return {
+        "format_version": FORMAT_VERSION,
+        "encoder": encoder.id,
+        "weights_id": encoder.weights_id,
+        "dataset": split.task.flag,
+        "size": split.size,
+        "split": split.split,
+        "n": int(split.images.shape[0]),
+        "preprocess": encoder.preprocess.id,
+        "volume_policy": f"slices={SLICE_AXES[slice_axis]};pool={pool}" if is_3d else "2d",
+        "data": data_fingerprint(split),
+    }
+
+
+def cache_path(key: dict[str, Any], cache_dir: str | os.PathLike | None = None) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:40]
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / f"{key['dataset']}_{key['split']}_{digest}.safetensors"
+
+
+def _read_cache(path: Path, n: int, dim: int) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        from safetensors.torch import load_file
+
+        emb = load_file(str(path))["embeddings"]
+    except Exception:  # noqa: BLE001 - a damaged entry is recomputed
+        return None
+    if emb.dim() != 2 or emb.shape[0] != n or emb.shape[1] != dim or not torch.isfinite(emb).all():
+        return None
+    return emb.float()
+
+
+def _write_cache(path: Path, emb: torch.Tensor, key: dict[str, Any]) -> None:
+    from safetensors.torch import save
+
+    data = save({"embeddings": emb.detach().float().cpu().contiguous()},
+                metadata={"key": json.dumps(key, sort_keys=True)})
+    try:
+        atomic_write_bytes(path, data)
+        atomic_write_text(path.with_suffix(".json"), json.dumps({**key, "file": path.name,
+                                                                  "shape": list(emb.shape)}, indent=2))
+    except (VlmError, OSError):
+        pass  # a read-only cache folder must not fail a run; the embeddings are still returned
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def encode_split(encoder: Encoder, split: Split, *, batch_size: int = 256, slice_axis: int = 0, pool: str = "mean",
+                 progress: Progress | None = None) -> torch.Tensor:
+    """Encode every image (or volume) of a split: L2-normalised (N, E) float32 on the encoder's device."""
+    check_policy(slice_axis, pool)
+    if batch_size < 1:
+        raise VlmError(f"Batch size must be at least 1, not {batch_size}.")
+    device = encoder.device
+    images = split.images
+    if device.type == "cuda" and images.device != device and images.numel() < _RESIDENT_LIMIT:
+        images = images.to(device, non_blocking=True)  # keep the split resident, batch by indexing
+    n = images.shape[0]
+    is_3d = images.dim() == 5
+    n_slices = images.shape[2 + slice_axis] if is_3d else 1
+    step = max(1, batch_size // n_slices)
+    out = torch.empty(n, encoder.embed_dim, dtype=torch.float32, device=device)
+    with torch.inference_mode(), _autocast(device):
+        for start in range(0, n, step):
+            batch = images[start:start + step]
+            b = batch.shape[0]
+            if is_3d:  # (b, C, D, H, W) -> (b * S, C, h, w), slices of one volume contiguous
+                batch = batch.movedim(2 + slice_axis, 1)
+                batch = batch.reshape(b * n_slices, *batch.shape[2:])
+            x = encoder.preprocess(batch, device)
+            feats = F.normalize(encoder.encode_images(x).float(), dim=-1)
+            if is_3d:
+                feats = feats.view(b, n_slices, -1)
+                feats = feats.mean(dim=1) if pool == "mean" else feats.amax(dim=1)
+                feats = F.normalize(feats, dim=-1)
+            out[start:start + b] = feats
+            if progress is not None:
+                progress(b)
+    return out
+
+
+def image_embeddings(
+    encoder: Encoder,
+    split: Split,
+    *,
+    batch_size: int = 256,
+    cache_dir: str | os.PathLike | None = None,
+    slice_axis: int = 0,
+    pool: str = "mean",
+    progress: Progress | None = None,
+    use_cache: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """L2-normalised (N, E) float32 embeddings of a split (on the encoder's device) and the number of
+    images (volumes for 3D) encoded in this call: 0 on a cache hit.
+
+    `progress(advance)` is called after each batch; if it also has a `set_total(n)` method, that is
+    called first with the number of images to encode (0 on a cache hit).
+
+    Example: `emb, encoded = image_embeddings(load_encoder("biomedclip"), load_split("breastmnist"))`.
+    """
+    check_policy(slice_axis, pool)
+    n = int(split.images.shape[0])
+    cacheable = use_cache and not encoder.weights_id.startswith(RANDOM_INIT)
+    path = None
+    if cacheable:
+        key = cache_key(encoder, split, slice_axis, pool)
+        path = cache_path(key, cache_dir)
+        hit = _read_cache(path, n, encoder.embed_dim)
+        if hit is not None:
+            if hasattr(progress, "set_total"):
+                progress.set_total(0)  # type: ignore[union-attr]
+            return hit.to(encoder.device), 0
+    if hasattr(progress, "set_total"):
+        progress.set_total(n)  # type: ignore[union-attr]
+    emb = encode_split(encoder, split, batch_size=batch_size, slice_axis=slice_axis, pool=pool, progress=progress)
+    if cacheable and path is not None:
+        _write_cache(path, emb, key)
+    return emb, n

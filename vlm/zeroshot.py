@@ -1,0 +1,259 @@
+"""Zero-shot classification with a CLIP-style encoder and a prompt-set file.
+
+Convention (open_clip / CLIP, recorded in every run as `score_convention`):
+
+* text classifier: per class, the prompts' text embeddings are L2-normalised, averaged and the mean is
+  renormalised -> W (E, K). Multi-label (ChestMNIST): per label a (negative, positive) pair of such
+  ensembles -> W (E, L, 2).
+* scores: `softmax(logit_scale * cos(image, class))` over the K classes, with the model's own
+  `logit_scale`, in float32. Multi-label: per label, softmax over its (negative, positive) pair and
+  the positive probability is the score.
+* image embeddings come from `vlm.embeddings.image_embeddings` (cached, 3D volumes slice-pooled), so
+  trying more prompt styles or files re-encodes no image.
+
+Model selection (choosing a prompt file or style) is meant to happen on the validation split with
+`compare_prompts(..., split="val")`; `run_zero_shot` then scores the test split once per style.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlm.data import load_split
+from vlm.embeddings import Progress, check_policy, image_embeddings
+from vlm.encoders import Encoder, load_encoder
+from vlm.errors import VlmError
+from vlm.prompts import PromptSet, load_prompt_set
+from vlm.results import Timer, atomic_save_npy
+from vlm.tasks import TaskSpec
+
+SCORE_CONVENTION = (
+    "zero-shot: softmax over classes of logit_scale * cosine(image embedding, class text embedding), fp32, "
+    "with the model's own logit_scale; a class embedding is the renormalised mean of its L2-normalised prompt "
+    "embeddings (open_clip/CLIP convention); multi-label: per label, softmax over its (negative, positive) prompt "
+    "pair, score = p(positive); 3D: slice embeddings L2-normalised, pooled per volume, renormalised"
+)
+
+
+def _ensemble(encoder: Encoder, groups: Sequence[Sequence[str]]) -> torch.Tensor:
+    """One renormalised mean of L2-normalised prompt embeddings per group -> (E, G)."""
+    flat = [p for g in groups for p in g]
+    if any(len(g) == 0 for g in groups):
+        raise VlmError("Every class needs at least one prompt.")
+    emb = F.normalize(encoder.encode_texts(flat).float(), dim=-1)
+    out, start = [], 0
+    for g in groups:
+        out.append(F.normalize(emb[start:start + len(g)].mean(dim=0), dim=-1))
+        start += len(g)
+    return torch.stack(out, dim=1)
+
+
+def text_classifier(encoder: Encoder, prompt_set: PromptSet, style: str) -> torch.Tensor:
+    """Zero-shot weights of one style: (E, K) for single-label tasks, (E, L, 2) [negative, positive]
+    per label for multi-label tasks.
+
+    Example: `W = text_classifier(enc, load_prompt_set("breastmnist"), "clip")` -> (512, 2).
+    """
+    if not encoder.has_text:
+        encoder.encode_texts([])  # raises the image-only error
+    if prompt_set.is_multi_label:
+        pairs = prompt_set.expand_pairs(style)
+        groups = [side for pos, neg in pairs for side in (neg, pos)]
+        w = _ensemble(encoder, groups)  # (E, 2L): neg0, pos0, neg1, pos1, ...
+        return w.view(w.shape[0], len(pairs), 2)
+    return _ensemble(encoder, prompt_set.expand(style))
+
+
+def zero_shot_scores(image_emb: torch.Tensor, classifier: torch.Tensor, logit_scale: float,
+                     kind: str | None = None) -> torch.Tensor:
+    """Scores (N, K) in float32: softmax(logit_scale * image_emb @ W) over classes, or for a multi-label
+    (E, L, 2) classifier the positive probability of each label's (negative, positive) softmax.
+
+    `image_emb` must be L2-normalised (as `image_embeddings` returns it)."""
+    img = image_emb.float()
+    w = classifier.float().to(img.device)
+    multi = w.dim() == 3
+    if kind is not None and (kind == "multi-label") != multi:
+        raise VlmError(f"A {kind} task needs a {'(E, L, 2)' if kind == 'multi-label' else '(E, K)'} classifier, "
+                       f"got shape {tuple(w.shape)}.")
+    if multi:
+        logits = logit_scale * torch.einsum("ne,elp->nlp", img, w)
+        return logits.softmax(dim=-1)[..., 1]
+    return (logit_scale * img @ w).softmax(dim=-1)
+
+
+def check_prompt_set(prompt_set: PromptSet, task: TaskSpec) -> None:
+    """The prompt set must be for this dataset, with its classes (VlmError naming both)."""
+    if prompt_set.dataset != task.flag:
+        raise VlmError(f"Prompt file {prompt_set.path} is for {prompt_set.dataset}, not {task.flag}.")
+    if len(prompt_set.classes) != task.num_classes or list(prompt_set.classes) != list(task.labels):
+        raise VlmError(f"Prompt file {prompt_set.path} has {len(prompt_set.classes)} classes "
+                       f"({', '.join(prompt_set.classes)}) but {task.flag} has {task.num_classes} "
+                       f"({', '.join(task.labels)}).")
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _load_prompts(flag: str, prompts: str | os.PathLike | None) -> PromptSet:
+    ps = load_prompt_set(Path(prompts) if prompts is not None else flag, dataset=flag)
+    return ps
+
+
+def _scores_path(base: Path, style: str, several: bool) -> Path:
+    if not several:
+        return base
+    return base.with_name(f"{base.stem}_{style}{base.suffix or '.npy'}")
+
+
+def run_zero_shot(
+    flag: str,
+    model: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    prompts: str | os.PathLike | None = None,
+    styles: str | Sequence[str] = "all",
+    split: str = "test",
+    size: int = 28,
+    data_root: str | os.PathLike | None = None,
+    download: bool = False,
+    batch_size: int = 256,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    runs_dir: str | os.PathLike = "runs",
+    slice_axis: int = 0,
+    pool: str = "mean",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    progress: Progress | None = None,
+    record: bool = True,
+    save_scores: str | os.PathLike | None = None,
+    encoder: Encoder | None = None,
+) -> list[dict[str, Any]]:
+    """Zero-shot score one split of a dataset with every chosen prompt style; record one run per style.
+
+    Returns one dict per style: style, prompts (file), model (encoder id), weights_id, auc, acc, auc_ci, acc_ci,
+    balanced_acc,
+    per_class, n, images_encoded (this call; 0 when the embeddings came from the cache), seconds (this
+    style: text classifier + scores + metrics), encode_seconds (shared image embedding time), run_dir
+    (None unless `record`), scores_file (with `save_scores`: FILE, or FILE_<style>.npy when several
+    styles run). `encoder` reuses an already loaded encoder instead of `model`/`weights`.
+
+    Example: `run_zero_shot("breastmnist", "biomedclip", styles="clip", data_root="../shared/data/medmnist")`.
+    """
+    from vlm.scoring import record_run, score_split
+
+    check_policy(slice_axis, pool)
+    data = load_split(flag, split, size, data_root, download=download)
+    task = data.task
+    prompt_set = _load_prompts(task.flag, prompts)
+    check_prompt_set(prompt_set, task)
+    chosen = prompt_set.resolve_styles(styles)
+    with Timer() as t_load:
+        enc = encoder if encoder is not None else load_encoder(model, weights, device)
+    if not enc.has_text:
+        enc.encode_texts([])  # image-only: one clear error before any work
+    with Timer() as t_img:
+        emb, encoded = image_embeddings(enc, data, batch_size=batch_size, cache_dir=cache_dir, slice_axis=slice_axis,
+                                        pool=pool, progress=progress)
+    prompt_file = Path(prompt_set.path)
+    prompt_sha = _file_sha256(prompt_file)
+    results = []
+    for style in chosen:
+        with Timer() as t_style:
+            with Timer() as t_text:
+                w = text_classifier(enc, prompt_set, style)
+            scores = zero_shot_scores(emb, w, enc.logit_scale, task.kind)
+            metrics = score_split(data, scores, n_bootstrap=n_bootstrap, seed=seed)
+        result: dict[str, Any] = {"style": style, "prompts": str(prompt_file), "model": enc.id,
+                                  "weights_id": enc.weights_id, **metrics.to_dict(),
+                                  "images_encoded": encoded, "seconds": round(t_style.seconds, 4),
+                                  "encode_seconds": round(t_img.seconds, 4), "run_dir": None}
+        if save_scores is not None:
+            out = _scores_path(Path(save_scores), style, len(chosen) > 1)
+            atomic_save_npy(out, scores.detach().float().cpu().numpy())
+            result["scores_file"] = str(out)
+        if record:
+            config = {
+                "style": style, "prompts_file": str(prompt_file), "prompts_sha256": prompt_sha,
+                "n_prompts": prompt_set.n_prompts(style), "model_name": model, "encoder": enc.describe(),
+                "batch_size": batch_size, "device": str(enc.device), "n_bootstrap": n_bootstrap,
+                "images_encoded": encoded, "cache_dir": str(cache_dir) if cache_dir is not None else None,
+                **({"slice_axis": slice_axis, "pool": pool} if task.is_3d else {}),
+            }
+            rec = record_run(data, scores, metrics, method="zero-shot", model=enc.id, runs_dir=runs_dir,
+                             weights_id=enc.weights_id, seed=seed, config=config,
+                             timings={"load_encoder": round(t_load.seconds, 4), "image_embeddings": round(t_img.seconds, 4),
+                                      "text_classifier": round(t_text.seconds, 4), "style": round(t_style.seconds, 4)},
+                             score_convention=SCORE_CONVENTION,
+                             preprocessing={**enc.preprocess.to_dict(), "id": enc.preprocess.id,
+                                            **({"slice_axis": slice_axis, "pool": pool} if task.is_3d else {})})
+            result["run_dir"] = rec.path
+        results.append(result)
+    return results
+
+
+def compare_prompts(
+    flag: str,
+    model: str,
+    prompt_files: Sequence[str | os.PathLike],
+    *,
+    weights: str | os.PathLike | None = None,
+    split: str = "val",
+    size: int = 28,
+    data_root: str | os.PathLike | None = None,
+    download: bool = False,
+    batch_size: int = 256,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    slice_axis: int = 0,
+    pool: str = "mean",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    progress: Progress | None = None,
+    encoder: Encoder | None = None,
+) -> list[dict[str, Any]]:
+    """Rank every style of every prompt file on one split (default: val, for model selection), best AUC first
+    (ties: higher ACC). Images are encoded once (and cached); nothing is recorded.
+
+    Each row: rank, prompts (file), style, n_prompts, auc, acc, auc_ci, acc_ci, balanced_acc, per_class, n.
+
+    Example: `compare_prompts("breastmnist", "biomedclip", ["prompts/breastmnist.yaml", "mine.yaml"])`.
+    """
+    from vlm.scoring import score_split
+
+    if not prompt_files:
+        raise VlmError("Give at least one prompt file to compare (--prompts A.yaml B.yaml ...).")
+    check_policy(slice_axis, pool)
+    data = load_split(flag, split, size, data_root, download=download)
+    task = data.task
+    sets = []
+    for f in prompt_files:
+        ps = _load_prompts(task.flag, f)
+        check_prompt_set(ps, task)
+        sets.append(ps)
+    enc = encoder if encoder is not None else load_encoder(model, weights, device)
+    emb, _ = image_embeddings(enc, data, batch_size=batch_size, cache_dir=cache_dir, slice_axis=slice_axis,
+                              pool=pool, progress=progress)
+    rows = []
+    for ps in sets:
+        for style in ps.style_names:
+            scores = zero_shot_scores(emb, text_classifier(enc, ps, style), enc.logit_scale, task.kind)
+            metrics = score_split(data, scores, n_bootstrap=n_bootstrap, seed=seed).to_dict()
+            rows.append({"prompts": str(ps.path), "style": style, "n_prompts": ps.n_prompts(style), **metrics})
+    rows.sort(key=lambda r: (-_num(r["auc"]), -_num(r["acc"])))
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+    return rows
+
+
+def _num(x: Any) -> float:
+    return float(x) if x is not None and np.isfinite(x) else float("-inf")
