@@ -53,7 +53,7 @@ app.add_typer(datasets_app, name="datasets")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
 DataRootOpt = Annotated[
     Optional[Path],
-    typer.Option("--data-root", help="Folder with MedMNIST .npz files [default: $VLM_DATA_ROOT, else ~/.medmnist].",
+    typer.Option("--data-root", help="Folder with MedMNIST .npz files \\[default: $VLM_DATA_ROOT, else ~/.medmnist].",
                  show_default=False),
 ]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download missing dataset files from Zenodo (MD5-checked).")]
@@ -258,16 +258,17 @@ PoolOpt = Annotated[str, typer.Option("--pool", help="3D only: pool slice embedd
 
 
 class _EncodeProgress:
-    """Drives a rich progress bar from `image_embeddings(progress=...)` (set_total, then advances)."""
+    """Drives a rich progress task from `image_embeddings(progress=...)` (set_total, then advances)."""
 
-    def __init__(self, progress: Any, description: str) -> None:
+    def __init__(self, progress: Any, description: str, **fields: Any) -> None:
         self.progress = progress
         self.description = description
+        self.fields = fields
         self.task: Any = None
 
     def set_total(self, total: int) -> None:
         if total:
-            self.task = self.progress.add_task(self.description, total=total)
+            self.task = self.progress.add_task(self.description, total=total, **self.fields)
 
     def __call__(self, advance: int) -> None:
         if self.task is not None:
@@ -740,7 +741,7 @@ class _TrainProgress:
                                  transient=False)
         self.task: Any = None
         self.last = ""
-        self.embed = _EmbedProgress(self.progress, label)
+        self.embed = _EncodeProgress(self.progress, f"{label} encoding", stats="")
 
     def __enter__(self) -> "_TrainProgress":
         self.progress.__enter__()
@@ -766,22 +767,6 @@ class _TrainProgress:
                 self.progress.update(self.task, stats=self._stats(event.loss))
         elif event.stage == "test":
             self.progress.add_task(f"{self.label} scoring test with epoch {event.best_epoch}", total=None, stats="")
-
-
-class _EmbedProgress:
-    """The embedding pass of linear-probe/knn on the same progress display (`set_total`, then advances)."""
-
-    def __init__(self, progress: Any, label: str) -> None:
-        self.progress = progress
-        self.label = label
-        self.task: Any = None
-
-    def set_total(self, total: int) -> None:
-        self.task = self.progress.add_task(f"{self.label} encoding", total=total, stats="") if total else None
-
-    def __call__(self, advance: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, advance)
 
 
 def _report_training(result: Any, as_json: bool, title: str) -> None:
@@ -1028,6 +1013,61 @@ def _is_prefix(name: str) -> bool:
 
     return name in _PREFIXES
 
+
+
+# ----------------------------------------------------------------------------- run (experiment files)
+@app.command("run")
+def run_cmd(
+    experiment: Annotated[Path, typer.Argument(help="Experiment file (YAML): datasets x methods x seeds; "
+                                                     "see experiments/*.yaml.", show_default=False)],
+    runs_dir: Annotated[Optional[Path], typer.Option(
+        "--runs-dir", help="Where the runs go \\[default: the file's runs_dir, else runs/<experiment name>].",
+        show_default=False)] = None,
+    data_root: DataRootOpt = None,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="auto, cpu or cuda \\[default: the file's device, else auto].", show_default=False)] = None,
+    cache_dir: CacheDirOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the jobs still to run and stop.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run every job of an experiment file that has no finished record yet.
+
+    A job is (method, dataset, size, seed); its key is stored in each record, so an interrupted
+    matrix resumes where it stopped. Afterwards: `vlm compare RUNS_DIR --baselines medmnist`.
+
+    Example: [bold]vlm run experiments/breast_vessel.yaml --data-root ../shared/data/medmnist[/]
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vlm.experiments import load_experiment, pending_jobs, run_job
+
+    exp = load_experiment(experiment)
+    folder = runs_dir or exp.runs_dir or Path("runs") / exp.name
+    root = data_root or exp.data_root
+    jobs = exp.jobs()
+    todo = pending_jobs(exp, folder)
+    summary = {"experiment": exp.name, "runs_dir": str(folder), "jobs": len(jobs), "skipped": len(jobs) - len(todo),
+               "ran": [] if dry_run else [j.label for j in todo], "pending": [j.label for j in todo] if dry_run else []}
+    console = err if as_json else out
+    if not dry_run and todo:
+        console.print(f"{exp.name}: {len(todo)} of {len(jobs)} jobs to run ({len(jobs) - len(todo)} already finished) "
+                      f"-> {folder}", highlight=False)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            overall = bar.add_task("experiment", total=len(todo))
+            for job in todo:
+                bar.update(overall, description=escape(job.label))
+                run_job(job, runs_dir=folder, data_root=root, device=device or exp.device, cache_dir=cache_dir)
+                bar.advance(overall)
+    if as_json:
+        print_json(summary)
+    else:
+        verb = "to run" if dry_run else "ran"
+        listed = summary["pending"] if dry_run else summary["ran"]
+        out.print(f"{exp.name}: {len(jobs)} jobs, {summary['skipped']} already finished, {len(listed)} {verb}" +
+                  "".join(f"\n  {escape(label)}" for label in listed), highlight=False)
+        if not dry_run:
+            out.print(f"compare: [bold]vlm compare {folder} --baselines medmnist[/]", highlight=False)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -196,6 +196,11 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         options = entry.get("options") or {}
         if not isinstance(options, dict):
             raise reader.fail(where + ("options",), "options must be a mapping.")
+        allowed = job_options(entry["kind"])
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise reader.fail(where + ("options", unknown[0]), f"unknown {entry['kind']} option '{unknown[0]}' "
+                              f"(allowed: {', '.join(sorted(allowed))}).")
         styles = entry.get("styles", "all")
         methods.append(Method(
             name=str(entry["name"]), kind=entry["kind"], model=str(entry["model"]), weights=entry.get("weights"),
@@ -207,11 +212,10 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     seeds = [seeds] if isinstance(seeds, int) else seeds
     if not all(isinstance(s, int) for s in seeds):
         raise reader.fail(("seeds",), "seeds must be integers.")
-    base = path.parent
-    resolve = (lambda p: (base / p) if p and not Path(p).is_absolute() else (Path(p) if p else None))
+    optional_path = (lambda p: Path(p) if p else None)  # relative paths are from the working folder, as on the CLI
     return Experiment(name=str(data.get("name", path.stem)), path=path, seeds=list(seeds), datasets=datasets,
-                      methods=methods, runs_dir=resolve(data.get("runs_dir")), data_root=resolve(data.get("data_root")),
-                      device=str(data.get("device", "auto")))
+                      methods=methods, runs_dir=optional_path(data.get("runs_dir")),
+                      data_root=optional_path(data.get("data_root")), device=str(data.get("device", "auto")))
 
 
 def finished_jobs(runs_dir: str | os.PathLike) -> dict[str, RunRecord]:
@@ -226,4 +230,47 @@ def pending_jobs(experiment: Experiment, runs_dir: str | os.PathLike) -> list[Jo
     return [job for job in experiment.jobs() if job.key not in done]
 
 
-JobRunner = Callable[[Job, Path], Any]
+def job_options(kind: str) -> set[str]:
+    """The `options` a method of this kind accepts (the keyword arguments of its library call)."""
+    from dataclasses import fields
+
+    from vlm.train import TrainConfig
+
+    train_opts = {f.name for f in fields(TrainConfig)} - {"seed", "device"}
+    if kind == "train":
+        return train_opts | {"model_opts", "pretrained"}
+    if kind == "finetune":
+        return train_opts | {"k", "knn_weighting", "style", "zs_then", "slice_axis", "pool"}
+    return {"split", "batch_size", "slice_axis", "pool", "n_bootstrap"}
+
+
+def run_job(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str = "auto",
+            cache_dir: str | os.PathLike | None = None) -> None:
+    """Run one job through the same library call as its CLI command; its records carry the job key."""
+    from vlm.scoring import record_tags
+    from vlm.train import TrainConfig
+
+    method, opts = job.method, dict(job.method.options)
+    with record_tags(**{JOB_KEY: job.key, "experiment_method": method.name}):
+        if method.kind == "zero-shot":
+            from vlm.train import resolve_device
+            from vlm.zeroshot import run_zero_shot
+
+            run_zero_shot(job.dataset, method.model, weights=method.weights, prompts=method.prompts,
+                          styles=method.styles, size=job.size, data_root=data_root, device=str(resolve_device(device)),
+                          cache_dir=cache_dir, runs_dir=runs_dir, seed=job.seed, **opts)
+        elif method.kind == "finetune":
+            from vlm.finetune import finetune, finetune_config
+
+            extra = {k: opts.pop(k) for k in ("k", "knn_weighting", "style", "zs_then", "slice_axis", "pool") if k in opts}
+            finetune(job.dataset, method.model, mode=method.mode or "linear-probe",
+                     config=finetune_config(**opts, seed=job.seed, device=device), size=job.size,
+                     weights=method.weights, data_root=data_root, runs_dir=runs_dir, cache_dir=cache_dir,
+                     prompts=method.prompts, **extra)
+        else:
+            from vlm.train import train
+
+            model_opts, pretrained = opts.pop("model_opts", None), opts.pop("pretrained", None)
+            train(job.dataset, method.model, config=TrainConfig(**opts, seed=job.seed, device=device), size=job.size,
+                  weights=method.weights, pretrained=pretrained, model_opts=model_opts, data_root=data_root,
+                  runs_dir=runs_dir)
