@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from vlm.data import Split
 from vlm.encoders import RANDOM_INIT, Encoder
 from vlm.errors import VlmError
+from vlm.preprocess import channels_last
 from vlm.results import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
@@ -151,7 +152,7 @@ def encode_split(encoder: Encoder, split: Split, *, batch_size: int = 256, slice
             if is_3d:  # (b, C, D, H, W) -> (b * S, C, h, w), slices of one volume contiguous
                 batch = batch.movedim(2 + slice_axis, 1)
                 batch = batch.reshape(b * n_slices, *batch.shape[2:])
-            x = encoder.preprocess(batch, device)
+            x = channels_last(encoder.preprocess(batch, device))
             feats = F.normalize(encoder.encode_images(x).float(), dim=-1)
             if is_3d:
                 feats = feats.view(b, n_slices, -1)

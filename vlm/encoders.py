@@ -673,7 +673,7 @@ def _load_open_clip(target: str, weights: Path | None, device: torch.device, ali
         _load_open_clip_checkpoint(model, ckpt, target)
 
     tokenizer = _open_clip_tokenizer(create_name, model_cfg, tokenizer_source, target)
-    model = model.to(device).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()
     pp = model.visual.preprocess_cfg
     preprocess = Preprocess(size=_square(pp.get("size", 224), target), mean=tuple(pp["mean"]), std=tuple(pp["std"]),
                             interpolation=_interp(pp.get("interpolation")), rgb=True)
@@ -805,7 +805,7 @@ def _load_transformers(target: str, weights: Path | None, device: torch.device,
         commit = getattr(model.config, "_commit_hash", None)
         weights_id = target + (f"@{commit[:12]}" if commit else "")
     enc_id = f"transformers:{path.resolve().name}" if local else f"transformers:{target}"
-    model = model.to(device).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()
     cfg = model.config
     text_cfg = getattr(cfg, "text_config", None)
     context_length = getattr(text_cfg, "max_position_embeddings", None) if text_cfg is not None else None
@@ -871,7 +871,7 @@ def _load_timm(target: str, weights: Path | None, device: torch.device) -> TimmE
     data_cfg = resolve_data_config({}, model=model)
     preprocess = Preprocess(size=_square(data_cfg["input_size"][1:], target), mean=tuple(data_cfg["mean"]),
                             std=tuple(data_cfg["std"]), interpolation=_interp(data_cfg.get("interpolation")), rgb=True)
-    model = model.to(device).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()
     return TimmEncoder(model, id=f"timm:{target}", weights_id=weights_file_id(weights) if weights else RANDOM_INIT,
                        preprocess=preprocess, embed_dim=int(model.num_features), logit_scale=1.0, device=device,
                        name=target)

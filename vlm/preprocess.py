@@ -66,6 +66,12 @@ def resize(images: torch.Tensor, size: int, interpolation: str = "bilinear") -> 
     return out.clamp_(0.0, 1.0) if mode == "bicubic" else out
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """2D batches in channels-last layout: convolutions (depthwise ones above all) run several times
+    faster in it on CPU and GPU; 3D batches are returned unchanged."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """uint8 batch -> float model input: to float, optional grey->RGB, resize, normalise.

@@ -49,7 +49,7 @@ from vlm.data import Split, load_split
 from vlm.errors import VlmError
 from vlm.evaluate import Metrics, evaluate
 from vlm.losses import check_loss, default_loss, make_loss
-from vlm.preprocess import Preprocess, medmnist_preprocess, to_float
+from vlm.preprocess import Preprocess, channels_last, medmnist_preprocess, to_float
 from vlm.results import RunRecord, atomic_write_bytes, atomic_write_text, new_run_dir
 from vlm.sampling import SAMPLERS, EpochSampler
 from vlm.tasks import TaskSpec, get_task
@@ -372,7 +372,7 @@ class InputPipeline:
             x = self.shape.train(x) if train else self.shape.eval(x)
         if train and self.augment is not None:
             x = self.augment(x)
-        return self.preprocess(x)
+        return channels_last(self.preprocess(x))
 
     def state_dict(self) -> dict:
         return {"augment": self.augment.state_dict() if self.augment else None,
@@ -876,6 +876,8 @@ def train(
     seed_everything(config.seed)
     model = create_model(model_name, task.num_classes, in_chans=in_chans, pretrained=pretrained, weights=weights,
                          **model_opts)
+    if not task.is_3d:
+        model = model.to(memory_format=torch.channels_last)  # see vlm.preprocess.channels_last
     image_size = config.image_size
     if image_size is None and not task.is_3d:
         fixed = fixed_input_size(model)

@@ -171,7 +171,8 @@ class SlicesModel(nn.Module):
         self.num_features = feature_dim
         self.head_type = head
         self.channel = ChannelAdapter(in_chans, channel_mode)
-        self.backbone = backbone
+        # channels-last: depthwise/1x1 convs of mobile backbones run several times faster on CPU (and on GPU).
+        self.backbone = backbone.to(memory_format=torch.channels_last)
         if head == "flatten":
             self.head = FlattenHead(depth, feature_dim, num_classes, hidden_dim, drop_rate)
         elif head == "mean":
@@ -183,7 +184,7 @@ class SlicesModel(nn.Module):
         """(N, C, H, W) slices -> (N, F): upsample, 1×1 channel conv, backbone (one chunk)."""
         if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
-        return self.backbone(self.channel(x))
+        return self.backbone(self.channel(x).contiguous(memory_format=torch.channels_last))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_chans:
@@ -226,7 +227,7 @@ class SlicesModel(nn.Module):
         record["upsample"] = torch.Size((n, *chunk.shape[1:]))
         chunk = self.channel(chunk)
         record["channels"] = torch.Size((n, *chunk.shape[1:]))
-        return self.backbone(chunk)
+        return self.backbone(chunk.contiguous(memory_format=torch.channels_last))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
