@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from vlm.errors import VlmError
-from vlm.results import RunRecord, load_run, load_scores
+from vlm.results import RunRecord, jsonable, load_run, load_scores
 from vlm.tasks import SPLITS, get_task
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -128,7 +128,7 @@ class ComparisonTable:
             for col in self.columns:
                 cell = self.cell(row, col)
                 if cell is not None:
-                    cells[col.label] = _jsonable(asdict(cell))
+                    cells[col.label] = jsonable(asdict(cell))
             rows.append({**asdict(row), "cells": cells})
         return {
             "columns": [{"dataset": c.dataset, "size": c.size, "split": c.split, "label": c.label} for c in self.columns],
@@ -137,14 +137,6 @@ class ComparisonTable:
         }
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ----------------------------------------------------------------------------- method identity

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from vlm.errors import VlmError
+from vlm.results import jsonable
 from vlm.tasks import TaskKind, TaskSpec
 
 KINDS: tuple[TaskKind, ...] = ("binary", "multi-class", "multi-label", "ordinal")
@@ -365,17 +366,9 @@ class Metrics:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for JSON: tuples become lists, nan becomes None."""
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _confusion(kind: TaskKind, y: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tensor:

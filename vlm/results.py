@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -146,6 +147,17 @@ def save_run(
         atomic_save_npy(folder / SCORES_FILE, scores)
     atomic_write_text(folder / RECORD_FILE, json.dumps(record.to_dict(), indent=2, default=_json_default))
     return folder
+
+
+def jsonable(value: Any) -> Any:
+    """A copy of nested dicts/lists/tuples fit for strict JSON: tuples become lists, nan/inf become None."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(obj: Any) -> Any:
