@@ -1,12 +1,15 @@
-"""Training epoch time: our trainer (`vlm.train.fit`) against a MedMNIST-style reference loop.
+"""Training epoch time: our trainer (`vlm.train.train` -> `fit`) against a MedMNIST-style reference loop.
 
-Both sides train the SAME model (same initial weights) on the SAME data with the same optimizer
-(Adam, lr 1e-3, MedMNIST's MultiStepLR), batch size, loss, epochs and torch threads, one after the
-other in this one process, each after one warm-up optimisation step on a throw-away copy of the model.
+Both sides train the SAME model (same initial weights: each built by `seed_everything(seed)` then
+`models.registry.create_model(name, K, in_chans=3)`, as `vlm.train.train` builds it) on the SAME data
+with the same optimizer (Adam, lr 1e-3, MedMNIST's MultiStepLR), batch size, loss, epochs and torch
+threads, one after the other in this one process, each after one warm-up optimisation step on a
+throw-away copy of the model.
 
-OURS       `vlm.train.fit` exactly as `vlm train` runs it: the splits resident as uint8 tensors on the
-           device, batches by indexing a shuffled order, preprocessing as tensor ops on the device
-           (to float, grey->RGB, mean = std = 0.5). Per epoch: train, score VAL (`predict` +
+OURS       `vlm.train.train`, the function `vlm train` calls, which runs `vlm.train.fit`: the splits
+           resident as uint8 tensors on the device, batches by indexing a shuffled order,
+           preprocessing as tensor ops on the device (to float, grey->RGB, mean = std = 0.5), 2D
+           models and batches in channels-last layout. Per epoch: train, score VAL (`predict` +
            `vlm.evaluate`, no bootstrap), write best.safetensors when val AUC improves, last.pt
            (model + optimizer + RNG state) and epochs.jsonl. After the last epoch: reload the best
            checkpoint, score TEST once with 1,000-round bootstrap CIs, write the RunRecord.
@@ -14,7 +17,8 @@ REFERENCE  written the way MedMNIST/experiments `MedMNIST2D/train_and_eval_pytor
            `medmnist.<Dataset>(split, transform=Compose([ToTensor(), Normalize([.5], [.5])]),
            as_rgb=True)` -> `DataLoader(batch_size, shuffle=True)` (per-image PIL transforms, no
            workers), train, then its `test(...)` on TRAIN, VAL and TEST with `medmnist.Evaluator`
-           (scikit-learn AUC/ACC) every epoch, `scheduler.step()`. After the last epoch:
+           (scikit-learn AUC/ACC) every epoch, `scheduler.step()`; the model in PyTorch's default
+           layout (`--reference-channels-last` gives it ours). After the last epoch:
            `torch.save` of the best model and the three test passes again. Its TensorBoard logging
            (tensorboardX, one scalar per step) is left out, which can only make the reference faster.
 
@@ -48,7 +52,7 @@ from vlm.data import load_split
 from vlm.losses import make_loss
 from vlm.preprocess import medmnist_preprocess
 from vlm.tasks import get_task
-from vlm.train import InputPipeline, TrainConfig, batch_starts, fit, fixed_input_size, seed_everything
+from vlm.train import InputPipeline, TrainConfig, batch_starts, fixed_input_size, seed_everything, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp", action="store_true",
                    help="let our side use bf16 autocast on CUDA (fit's default); off by default so both "
                         "sides compute in float32 (no effect on the CPU)")
+    p.add_argument("--reference-channels-last", action="store_true",
+                   help="give the reference model the channels-last layout ours uses (default: MedMNIST's "
+                        "plain layout), to isolate the input path")
     p.add_argument("--order", choices=("reference-first", "ours-first"), default="reference-first",
                    help="which side runs first (default: reference-first)")
     p.add_argument("--runs-dir", type=Path, default=None,
@@ -172,22 +179,24 @@ def run_reference(model, args, device, image_size) -> dict:
 
 
 # ----------------------------------------------------------------------------- ours (vlm.train.fit)
-def run_ours(model, args, device, image_size, splits, runs_dir: Path) -> dict:
-    train_s, val_s, test_s = splits
-    task = train_s.task
+def run_ours(init: nn.Module, args, device, image_size, n_train: int, runs_dir: Path) -> dict:
+    """`vlm.train.train` (what `vlm train` calls): it seeds, builds the model from the registry (2D models
+    in channels-last layout), loads the splits and runs `fit`. Epoch times come from fit's progress events."""
+    task = get_task(args.dataset)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer="adam",
                          scheduler="multistep", seed=args.seed, device=device.type, amp=args.amp,
-                         image_size=image_size, n_bootstrap=1000).resolved(task)
-    preprocess = medmnist_preprocess(image_size, rgb=True)
+                         image_size=image_size, n_bootstrap=1000)
+    resolved = config.resolved(task)
 
-    # Warm-up: one optimisation step on a throw-away copy, through our own input path.
-    scratch = copy.deepcopy(model)
+    # Warm-up: one optimisation step on a throw-away copy (laid out as train() lays out its model),
+    # through our own input path.
+    scratch = copy.deepcopy(init).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(scratch.parameters(), lr=args.lr)
-    pipeline = InputPipeline(preprocess, is_3d=False, config=config)
-    tr = train_s.to(device)
+    pipeline = InputPipeline(medmnist_preprocess(image_size, rgb=True), is_3d=False, config=resolved)
+    tr = load_split(task, "train", args.size, args.data_root).to(device)
     idx = torch.randperm(len(tr), device=device)[: args.batch_size]
     scratch.train()
-    loss_fn = make_loss(config.loss, task, device=device)
+    loss_fn = make_loss(resolved.loss, task, device=device)
     loss_fn(scratch(pipeline(tr.images[idx], True)), tr.labels[idx]).backward()
     opt.step()
     del scratch, opt, tr
@@ -204,15 +213,15 @@ def run_ours(model, args, device, image_size, splits, runs_dir: Path) -> dict:
 
     cudnn = torch.backends.cudnn.benchmark
     try:
-        result = fit(model, train_s, val_s, test_s, config, model_name=args.model, preprocess=preprocess,
-                     runs_dir=runs_dir, method="train", progress=progress)
+        result = train(args.dataset, args.model, config=config, size=args.size, data_root=args.data_root,
+                       runs_dir=runs_dir, progress=progress)
     finally:
         torch.backends.cudnn.benchmark = cudnn  # fit turns it on for CUDA; leave the process as it was
     starts = [marks["start"][0], *marks["epoch"][:-1]]
     epochs = [{"train": lb - s, "eval": e - lb, "total": e - s, "val_auc": row["val_auc"]}
               for s, lb, e, row in zip(starts, marks["last_batch"], marks["epoch"], result.history)]
     return {"epochs": epochs, "end": marks["done"][0] - marks["test"][0], "test_auc": result.metrics.auc,
-            "steps": len(batch_starts(len(train_s), config.batch_size)), "run_dir": result.run_dir}
+            "steps": len(batch_starts(n_train, resolved.batch_size)), "run_dir": result.run_dir}
 
 
 # ----------------------------------------------------------------------------- main
@@ -222,7 +231,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = setup(args, "bench_train: training epoch time, vlm.train.fit (ours) vs a MedMNIST-style loop (reference)")
+    device = setup(args, "bench_train: training epoch time, vlm.train.train -> fit (ours) vs a MedMNIST-style loop (reference)")
     task = get_task(args.dataset)
     if task.is_3d:
         sys.exit(f"{args.dataset} is 3D; the reference loop is MedMNIST's 2D script. Pick a 2D dataset.")
@@ -238,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"data:   {args.dataset} size {args.size} from {args.data_root}: train {n['train']}, val {n['val']}, "
           f"test {n['test']} images; task {task.kind}; input {image_size or args.size} px, 3 channels")
-    print(f"model:  {args.model} ({n_params / 1e6:.2f} M parameters), same initial weights on both sides")
+    print(f"model:  {args.model} ({n_params / 1e6:.2f} M parameters), same initial weights on both sides "
+          f"(seed {args.seed})")
     print(f"train:  Adam lr {args.lr}, MultiStepLR x0.1 at 50%/75% of the epochs, batch {args.batch_size}, "
           f"{'BCE' if task.kind == 'multi-label' else 'cross-entropy'}, {args.epochs} timed epoch(s) per side "
           f"after 1 warm-up step; float32{' (ours: bf16 autocast on CUDA)' if args.amp else ''}")
@@ -246,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
           "train, val and test (medmnist.Evaluator) + scheduler.step()")
     print("per epoch, OURS:      train (resident uint8, index batches, tensor preprocessing) + score val "
           "(predict + vlm.evaluate) + best.safetensors when better + last.pt + epochs.jsonl")
+    print(f"layout: ours as vlm.train.train sets it (channels-last 2D models and batches when written); reference "
+          f"{'channels-last (--reference-channels-last)' if args.reference_channels_last else 'default NCHW, as MedMNIST'}")
     print("end of run, REFERENCE: torch.save(best) + test() on train, val and test")
     print("end of run, OURS:      load best + score test with 1,000 bootstrap rounds + RunRecord (record.json, scores.npy)")
     print(f"order:  {args.order}\n")
@@ -259,14 +271,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sides = ["reference", "ours"] if args.order == "reference-first" else ["ours", "reference"]
         for side in sides:
-            model = copy.deepcopy(init).to(device)
             t0 = time.perf_counter()
             if side == "reference":
+                model = copy.deepcopy(init).to(device)
+                if args.reference_channels_last:
+                    model = model.to(memory_format=torch.channels_last)
                 results[side] = run_reference(model, args, device, image_size)
+                del model
             else:
-                results[side] = run_ours(model, args, device, image_size, splits, runs_dir)
+                results[side] = run_ours(init, args, device, image_size, n["train"], runs_dir)
             print(f"  {side} done in {time.perf_counter() - t0:.1f} s")
-            del model
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
