@@ -209,7 +209,7 @@ def clip_benchmark_run(model, preprocess, tokenizer, prompts: dict[str, list[str
 
 
 # ----------------------------------------------------------------------------- parts
-def part_a(args, device, enc, weights: Path, data_root: Path, work: Path) -> None:
+def part_a(args, device, enc, weights: Path, data_root: Path, work: Path) -> str:
     import open_clip
 
     from vlm.prompts import load_prompt_set
@@ -282,9 +282,12 @@ def part_a(args, device, enc, weights: Path, data_root: Path, work: Path) -> Non
           f"runs (identical work each). compare_prompts: one call over all {n_sets} files, "
           f"ranking {len(rows)} rows (best AUC {rows[0]['auc']:.4f}).")
     print()
+    return (f"(a) CLIP_benchmark-style / ours: 1 set {base_one / one_cold:.2f}x cold, {base_one / one_warm:.2f}x warm; "
+            f"{n_sets} sets (compare_prompts) {sum(base) / cmp_cold.seconds:.2f}x cold, "
+            f"{sum(base) / cmp_warm.seconds:.2f}x warm")
 
 
-def part_b(args, device, enc, data_root: Path) -> None:
+def part_b(args, device, enc, data_root: Path) -> str:
     from vlm.data import load_split
     from vlm.embeddings import image_embeddings
 
@@ -315,6 +318,7 @@ def part_b(args, device, enc, data_root: Path) -> None:
     print(f"    pipeline / plain throughput: {ours_ips / plain_ips:.3f} (overhead of the pipeline "
           f"{(plain_ips / ours_ips - 1) * 100:+.1f}% time, preprocessing on the fly included)")
     print()
+    return f"(b) {ours_ips:.1f} vs {plain_ips:.1f} images/s, pipeline / plain {ours_ips / plain_ips:.3f}"
 
 
 def _cache_state(folder: Path) -> dict[str, tuple[int, int]]:
@@ -322,7 +326,7 @@ def _cache_state(folder: Path) -> dict[str, tuple[int, int]]:
         if folder.is_dir() else {}
 
 
-def part_c(args, device, weights: Path, data_root: Path, work: Path) -> None:
+def part_c(args, device, weights: Path, data_root: Path, work: Path) -> str:
     first = write_prompt_sets(work / "compare", 2, offset=1)      # A, B
     second = write_prompt_sets(work / "compare", 2, offset=3)     # new files C, D
     cache = work / "cache_cli"
@@ -381,6 +385,8 @@ def part_c(args, device, weights: Path, data_root: Path, work: Path) -> None:
           f"The second run can take under half of the first only when the encoding costs more than "
           f"everything else (a larger split, a bigger model, a slower device).")
     print()
+    return (f"(c) prompts compare {t1:.1f} s then {t2:.1f} s ({t2 / t1:.2f}, second encoded "
+            f"{'images' if runs[1][2] else 'nothing'}): {'under half: met' if ok else 'NOT under half'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,12 +401,14 @@ def main(argv: list[str] | None = None) -> int:
         weights = make_weights(args, work)
         data_root = make_data_root(args, work)
         enc = load_encoder(args.model, weights=weights, device=device) if args.parts & {"a", "b"} else None
+        summary = []
         if "a" in args.parts:
-            part_a(args, device, enc, weights, data_root, work)
+            summary.append(part_a(args, device, enc, weights, data_root, work))
         if "b" in args.parts:
-            part_b(args, device, enc, data_root)
+            summary.append(part_b(args, device, enc, data_root))
         if "c" in args.parts:
-            part_c(args, device, weights, data_root, work)
+            summary.append(part_c(args, device, weights, data_root, work))
+        print("RESULT: " + "; ".join(summary))
     finally:
         if args.keep or args.out_dir:
             print(f"(working folder kept: {work})")

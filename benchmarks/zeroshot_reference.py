@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         n = len(y)
         n_dis = int((ours.argmax(1) != ref.argmax(1)).sum())
         ok_agree, ok_auc = agree >= AGREEMENT_MIN, d_auc <= DAUC_MAX
-        print(f"RESULT ({n} {args.split} images, model's own logit_scale {logit_scale:.2f}):")
+        print(f"AGREEMENT ({n} {args.split} images, model's own logit_scale {logit_scale:.2f}):")
         print_table(["metric", "ours (CLI)", "reference", "difference", "threshold", "pass"], [
             ("argmax agreement", f"{agree:.2%}", "", f"{n_dis} of {n} differ", f">= {AGREEMENT_MIN:.0%}",
              "yes" if ok_agree else "NO"),
@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                            antialias=True).clamp(0, 1)
         ref_grey = (ref_pixels[:, :1] * std[:, :1] + torch.tensor(enc.preprocess.mean[0])).clamp(0, 1)
         pix_aa = (aa - ref_grey).abs()
+        # which torch resize our preprocessing is (checked, not assumed): with or without antialias
+        our_grey = (our_pixels[:, :1] * std[:, :1] + torch.tensor(enc.preprocess.mean[0])).clamp(0, 1)
+        plain = F.interpolate(grey, size=(enc.preprocess.size,) * 2, mode="bicubic", align_corners=False).clamp(0, 1)
+        ours_aa = (our_grey - aa).abs().max() < (our_grey - plain).abs().max()
         cos = (F.normalize(emb.float().cpu(), dim=-1) * ref_emb.cpu()).sum(-1)
         # margin: the reference's top-1 minus top-2 class cosine; shift: the most any difference of two
         # class cosines moved between the pipelines (for a binary task: how far the margin moved)
@@ -247,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
               f"scores recomputed from them match S.npy to {(recomputed - ours).abs().max():.1e}")
         print(f"  pixels after preprocessing, in [0,1] units: max |ours - PIL| = {pix.max():.4f} "
               f"({pix.max() * 255:.1f} grey levels), mean {pix.mean():.5f}")
-        print("     ours: torch bicubic 28->224 (a = -0.75, no antialias when upsampling, float, clamped);")
-        print("     PIL:  bicubic (a = -0.5 kernel), rounded to uint8 before ToTensor")
+        print(f"     ours: {enc.preprocess.interpolation} resize {data.images.shape[-1]}->{enc.preprocess.size} as torch "
+              + ("F.interpolate(antialias=True) (the PIL-style a = -0.5 kernel)" if ours_aa else
+                 "F.interpolate without antialias (bicubic a = -0.75 kernel)")
+              + ", in float, clamped to [0, 1], never rounded")
+        print("     PIL:  Image.resize bicubic (a = -0.5 kernel, fixed-point weights), rounded to uint8 before ToTensor")
         print(f"     (for comparison, torch bicubic with antialias=True, the PIL-style kernel: max |d| = {pix_aa.max():.4f}"
               f" = {pix_aa.max() * 255:.1f} grey levels: PIL up to its uint8 rounding and fixed-point weights)")
         print(f"  image-embedding cosine ours vs reference: min {cos.min():.6f}, mean {cos.mean():.6f}")
@@ -275,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
               f"score gap grows. The headline above uses the model's own scale.")
         print()
         verdict = "PASS" if ok_agree and ok_auc else "FAIL"
-        print(f"{verdict}: argmax agreement {agree:.2%} (>= {AGREEMENT_MIN:.0%}: {'yes' if ok_agree else 'no'}), "
+        print(f"RESULT: {verdict}: argmax agreement {agree:.2%} (>= {AGREEMENT_MIN:.0%}: {'yes' if ok_agree else 'no'}), "
               f"|dAUC| {d_auc:.4f} (<= {DAUC_MAX}: {'yes' if ok_auc else 'no'}), max |d score| {d_score:.2e}")
         return 0 if verdict == "PASS" else 1
     finally:

@@ -47,7 +47,7 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
 def resize(images: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
     """Resize the spatial dims of a float (B, C, H, W) or (B, C, D, H, W) batch to `size` per side.
 
-    Downsampling with bilinear/bicubic uses antialiasing (as PIL does); 3D batches use trilinear
+    Bilinear/bicubic use PIL-like antialiased kernels in both directions; 3D batches use trilinear
     for 'bilinear'/'bicubic'/'trilinear', or nearest.
     """
     if interpolation not in INTERPOLATIONS:
@@ -61,7 +61,9 @@ def resize(images: torch.Tensor, size: int, interpolation: str = "bilinear") -> 
     mode = "bilinear" if interpolation == "trilinear" else interpolation
     kwargs: dict = {}
     if mode in ("bilinear", "bicubic"):
-        kwargs = {"align_corners": False, "antialias": size < max(spatial)}
+        # antialias=True also when upsampling: torch then uses PIL's separable kernels (bicubic a=-0.5),
+        # so 28->224 matches a PIL resize to ~2 grey levels instead of ~11 (benchmarks/zeroshot_reference.py).
+        kwargs = {"align_corners": False, "antialias": True}
     out = F.interpolate(images, size=(size, size), mode=mode, **kwargs)
     return out.clamp_(0.0, 1.0) if mode == "bicubic" else out
 
@@ -97,7 +99,7 @@ class Preprocess:
     def id(self) -> str:
         mean = ",".join(f"{m:.4g}" for m in self.mean)
         std = ",".join(f"{s:.4g}" for s in self.std)
-        return f"size={self.size or 'native'};interp={self.interpolation};mean={mean};std={std};rgb={int(self.rgb)}"
+        return f"size={self.size or 'native'};interp={self.interpolation}-aa;mean={mean};std={std};rgb={int(self.rgb)}"
 
     def to_dict(self) -> dict:
         return asdict(self)
