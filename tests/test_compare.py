@@ -159,6 +159,18 @@ def test_method_identity_ignores_seed_and_job_but_not_options():
     assert clip.n_seeds == 2
 
 
+def test_experiment_method_is_one_row_across_datasets():
+    # A probe run on a 2D and a 3D dataset picks its L2 strength per dataset and has 3D-only options.
+    records = [
+        _fake(method="linear-probe", model="lite0", config={"experiment_method": "probe", "l2": 1.0}),
+        _fake(dataset="vesselmnist3d", method="linear-probe", model="lite0",
+              config={"experiment_method": "probe", "l2": 10.0, "pool": "mean", "val_auc": 0.8}),
+    ]
+    table = compare.comparison_table(records)
+    assert [r.label for r in table.rows] == ["probe (linear-probe lite0)"]
+    assert all(table.cell(table.rows[0], col) is not None for col in table.columns)
+
+
 def test_dataset_filter_and_baselines_for_3d():
     records = [_fake(dataset="vesselmnist3d"), _fake(dataset="breastmnist")]
     table = compare.comparison_table(records, datasets=["vesselmnist3d"], baselines=True)

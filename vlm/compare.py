@@ -45,6 +45,7 @@ RUN_SPECIFIC_KEYS = frozenset({
     "seed", "experiment_job", "experiment", "device", "data_root", "runs_dir", "run_dir", "out", "output",
     "scores_file", "checkpoint", "resume", "download", "num_workers", "workers", "verbose", "quiet",
     "log_every", "cache", "cache_dir", "best_epoch", "epochs_run", "stopped_epoch", "elapsed", "timings",
+    "experiment_method", "device_used", "images_encoded", "l2", "l2_grid", "val_auc", "k_grid",
 })
 _RUN_SPECIFIC_SUFFIXES = ("_dir", "_path", "_file", "_root")
 
@@ -149,9 +150,16 @@ def method_options(record: RunRecord) -> dict[str, Any]:
 
 
 def method_key(record: RunRecord) -> str:
-    """A stable identity of the record's method: equal for runs that differ only in seed."""
-    ident = {"method": record.method, "model": record.model, "weights_id": record.weights_id,
-             "options": method_options(record)}
+    """A stable identity of the record's method: equal for runs that differ only in seed.
+
+    Runs of an experiment file are identified by their method's name there, so one method run on
+    several datasets (whose per-dataset choices, such as a probe's L2 strength, differ) is one row.
+    """
+    if record.config.get("experiment_method"):
+        ident: dict[str, Any] = {"experiment_method": record.config["experiment_method"]}
+    else:
+        ident = {"method": record.method, "model": record.model, "weights_id": record.weights_id,
+                 "options": method_options(record)}
     return json.dumps(ident, sort_keys=True, default=str)
 
 
@@ -161,6 +169,8 @@ def _short(value: Any, width: int = 24) -> str:
 
 
 def _base_label(record: RunRecord) -> str:
+    if record.config.get("experiment_method"):
+        return f"{record.config['experiment_method']} ({record.label})"
     label = record.label
     if record.weights_id and record.weights_id not in label:
         label += f" ({_short(record.weights_id)})"
