@@ -230,3 +230,13 @@ def load_weights(
         warnings.warn(f"Weights {source}: {len(report.unexpected)} keys not used by {label} "
                       f"({_few(report.unexpected)}).", stacklevel=2)
     return report
+
+
+def weights_or_scratch(model: nn.Module, name: str, weights, pretrained: bool, *, head: str, first_conv: str) -> nn.Module:
+    """For architectures without published weights: load a local checkpoint, or refuse `pretrained`."""
+    if weights is not None:
+        load_weights(model, weights, head=head, first_conv=first_conv, name=name)
+    elif pretrained:
+        raise ModelError(f"'{name}' has no published pretrained weights; pass a checkpoint with --weights FILE "
+                         f"or train from scratch.")
+    return model

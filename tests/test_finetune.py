@@ -21,14 +21,6 @@ from vlm.finetune import (
 from vlm.preprocess import Preprocess
 from vlm.tasks import get_task
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and 2 threads on a shared, busy CPU spin-wait (7x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 FAST = dict(n_bootstrap=20, device="cpu", eval_batch_size=64)
 

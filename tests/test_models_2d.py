@@ -3,7 +3,6 @@ and the shared weight loader. Offline, tiny inputs, one CPU thread."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +11,10 @@ import torch.nn.functional as F
 
 from models import ModelError, create_model, model_dims
 from models.architectures.timm2d import fixed_input_size, input_size, is_known
+from conftest import SHARED_WEIGHTS
 from models.weights import load_weights
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-LITE0 = SHARED / "weights" / "tf_efficientnet_lite0.safetensors"
+LITE0 = SHARED_WEIGHTS / "tf_efficientnet_lite0.safetensors"
 
 # name -> side the 28 px batch is upsampled to (alexnet needs >= 63 px)
 FAMILIES = {
@@ -29,15 +28,6 @@ FAMILIES = {
 }
 # (num_classes, in_chans): every class count (14 = ChestMNIST's multi-label logits) and both channel counts
 CASES = [(2, 1), (5, 3), (14, 1)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 shared cores: one intra-op thread is several times faster than two under contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("num_classes,in_chans", CASES)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,20 +11,11 @@ import torch.nn.functional as F
 
 from models import ModelError, create_model, model_dims
 from models.architectures.acs import ACSConv, convert_to_3d, split3
+from conftest import SHARED_WEIGHTS
 from models.architectures.vit3d import inflate_vit2d
 
 TINY = "test_efficientnet"  # timm's tiny test EfficientNet
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-LITE0 = SHARED / "weights" / "tf_efficientnet_lite0.safetensors"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops on a shared CPU: one thread avoids OpenMP barrier stalls (5-50x faster here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+LITE0 = SHARED_WEIGHTS / "tf_efficientnet_lite0.safetensors"
 
 
 @pytest.fixture(autouse=True)

@@ -26,14 +26,6 @@ from vlm.train import (
     predict, resume, train,
 )
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and 2 threads on a shared, busy CPU spin-wait (7x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TINY = dict(batch_size=16, eval_batch_size=64, n_bootstrap=50, device="cpu")
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.registry import ModelError, register_model
-from models.weights import load_weights
+from models.weights import weights_or_scratch
 
 __all__ = ["BasicBlock", "Bottleneck", "MedMNISTResNet"]
 
@@ -105,12 +105,7 @@ def _build(name: str, block, num_blocks: list[int], num_classes: int, in_chans: 
     if kwargs:
         raise ModelError(f"Model '{name}' takes no options (given: {', '.join(kwargs)}).")
     model = MedMNISTResNet(block, num_blocks, in_chans=in_chans, num_classes=num_classes)
-    if weights is not None:
-        load_weights(model, weights, head="linear", first_conv="conv1", name=name)
-    elif pretrained:
-        raise ModelError(f"'{name}' has no published pretrained weights; pass a checkpoint with --weights FILE "
-                         f"or train from scratch.")
-    return model
+    return weights_or_scratch(model, name, weights, pretrained, head="linear", first_conv="conv1")
 
 
 @register_model("medmnist-resnet18", dims="2d")

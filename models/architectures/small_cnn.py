@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from models.registry import ModelError, register_model
-from models.weights import load_weights
+from models.weights import weights_or_scratch
 
 __all__ = ["KerasStyleCNN"]
 
@@ -60,12 +60,7 @@ def _build(name: str, convs, dense, grid, min_size, num_classes, in_chans, pretr
     if kwargs:
         raise ModelError(f"Model '{name}' takes no options (given: {', '.join(kwargs)}).")
     model = KerasStyleCNN(convs, dense, grid, min_size, in_chans=in_chans, num_classes=num_classes)
-    if weights is not None:
-        load_weights(model, weights, head="head", first_conv="features.0", name=name)
-    elif pretrained:
-        raise ModelError(f"'{name}' has no pretrained weights; pass a checkpoint with --weights FILE "
-                         f"or train from scratch.")
-    return model
+    return weights_or_scratch(model, name, weights, pretrained, head="head", first_conv="features.0")
 
 
 @register_model("small-cnn", dims="2d")
