@@ -6,6 +6,7 @@ print one line on stderr and exit with code 2 (see `VlmGroup`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -22,8 +23,35 @@ out = Console()
 err = Console(stderr=True)
 
 
+def reflow(text: str | None) -> str | None:
+    """Join the hard-wrapped lines of each help paragraph (rich would keep the breaks and wrap
+    raggedly); a line that starts an example or a list item stays on its own line."""
+    if not text:
+        return text
+    paragraphs = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in para.split("\n"):
+            if lines and not line.startswith(("Example", "- ", "* ", " ")):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
 class VlmGroup(TyperGroup):
-    """Runs a command and turns user errors into one stderr line and exit code 2."""
+    """Runs a command and turns user errors into one stderr line and exit code 2; reflows help."""
+
+    def get_command(self, ctx, cmd_name):  # type: ignore[override]
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            cmd.help = reflow(cmd.help)
+        return cmd
+
+    def format_help(self, ctx, formatter):  # type: ignore[override]
+        self.help = reflow(self.help)
+        return super().format_help(ctx, formatter)
 
     def invoke(self, ctx):  # type: ignore[override]
         from models.registry import ModelError
