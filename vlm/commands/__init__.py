@@ -1,0 +1,1 @@
+"""The `vlm` command groups, one module each; `cli.py` assembles them into the app."""

@@ -1,0 +1,162 @@
+"""`vlm plot roc|confusion|styles|montage|embeddings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vlm.commands.common import (
+    DataRootOpt,
+    FlagArg,
+    JsonOpt,
+    RunsDirOpt,
+    SeedOpt,
+    SizeOpt,
+    SplitOpt,
+    VlmGroup,
+    out,
+    print_json,
+)
+from vlm.errors import VlmError
+
+plot_app = typer.Typer(cls=VlmGroup, no_args_is_help=True,
+                       help="Figures (PNG or SVG by file suffix): ROC curves, confusion matrices, prompt styles, "
+                            "data montages, embedding scatters.")
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Figure file to write: .png or .svg (written atomically).")]
+
+
+def _wrote(path: Path, as_json: bool) -> None:
+    if as_json:
+        print_json({"file": str(path)})
+    else:
+        from rich.markup import escape
+
+        out.print(f"wrote [bold]{escape(str(path))}[/]")
+
+
+@plot_app.command("roc")
+def plot_roc_cmd(
+    flag: FlagArg,
+    out_file: OutOpt,
+    runs_dir: RunsDirOpt = Path("runs"),
+    size: SizeOpt = 28,
+    split: SplitOpt = "test",
+    run: Annotated[Optional[list[str]], typer.Option(
+        "--run", help="Only this run (id in --runs-dir or a run folder); repeatable \\[default: all runs of FLAG].",
+        show_default=False)] = None,
+    data_root: DataRootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """ROC curves of the runs on one test set, one curve per run, AUC in the legend.
+
+    Multi-class and multi-label: a macro curve per run, plus per-class curves when one run is shown.
+
+    Example: [bold]vlm plot roc breastmnist --runs-dir runs --data-root ../shared/data/medmnist --out roc.png[/]
+    """
+    from vlm.compare import resolve_run
+    from vlm.plots import roc_figure
+    from vlm.results import load_runs
+    from vlm.tasks import get_task
+
+    task = get_task(flag)
+    if run:
+        records = [resolve_run(r, runs_dir) for r in run]
+        for r in records:
+            if r.dataset != task.flag:
+                raise VlmError(f"Run {r.run_id} is a run of {r.dataset}, not {task.flag}.")
+            if (int(r.size), r.split) != (size, split):
+                raise VlmError(f"Run {r.run_id} is on {r.dataset} {r.size}px {r.split}, not {size}px {split} "
+                               f"(pass --size / --split).")
+    else:
+        records = [r for r in load_runs(runs_dir) if r.dataset == task.flag and int(r.size) == size and r.split == split]
+        if not records:
+            raise VlmError(f"No finished runs of {task.flag} ({size}px, {split} split) found in {runs_dir}.")
+    _wrote(roc_figure(records, out_file, data_root=data_root), as_json)
+
+
+@plot_app.command("confusion")
+def plot_confusion_cmd(
+    run: Annotated[str, typer.Argument(help="Run id in --runs-dir, or a run folder.")],
+    out_file: OutOpt,
+    runs_dir: RunsDirOpt = Path("runs"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Confusion matrix of a run: counts and row-normalised rates (multi-label: TN/FP/FN/TP per label).
+
+    Example: [bold]vlm plot confusion 20240101-120000_breastmnist_train_resnet18 --out cm.svg[/]
+    """
+    from vlm.compare import resolve_run
+    from vlm.plots import confusion_figure
+
+    _wrote(confusion_figure(resolve_run(run, runs_dir), out_file), as_json)
+
+
+@plot_app.command("styles")
+def plot_styles_cmd(
+    flag: FlagArg,
+    out_file: OutOpt,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Encoder of the zero-shot runs \\[default: the only one].", show_default=False)] = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    split: SplitOpt = "test",
+    size: Annotated[Optional[int], typer.Option(
+        "--size", help="Image size of the runs \\[default: the only one].", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prompt styles of a dataset's zero-shot runs: AUC and ACC per style with 95% CI error bars.
+
+    Example: [bold]vlm plot styles breastmnist --model ViT-B-32 --out styles.png[/]
+    """
+    from vlm.plots import styles_figure
+    from vlm.results import load_runs
+
+    _wrote(styles_figure(load_runs(runs_dir), flag, out_file, model=model, split=split, size=size), as_json)
+
+
+@plot_app.command("montage")
+def plot_montage_cmd(
+    flag: FlagArg,
+    out_file: OutOpt,
+    data_root: DataRootOpt = None,
+    size: SizeOpt = 28,
+    split: Annotated[str, typer.Option("--split", help="Split the samples are drawn from: train, val or test.")] = "train",
+    per_class: Annotated[int, typer.Option("--per-class", help="Samples shown per class.")] = 8,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Random samples per class (3D: middle slices along each axis) and class counts per split.
+
+    Example: [bold]vlm plot montage vesselmnist3d --data-root ../shared/data/medmnist --out vessel.png[/]
+    """
+    from vlm.plots import montage_figure
+
+    _wrote(montage_figure(flag, out_file, data_root=data_root, size=size, split=split, per_class=per_class,
+                          seed=seed), as_json)
+
+
+@plot_app.command("embeddings")
+def plot_embeddings_cmd(
+    flag: FlagArg,
+    out_file: OutOpt,
+    model: Annotated[str, typer.Option("--model", help="Encoder name, e.g. ViT-B-32 or an open_clip hf-hub id.")],
+    weights: Annotated[Optional[str], typer.Option(
+        "--weights", help="Encoder weights: a pretrained tag or a local checkpoint file.", show_default=False)] = None,
+    method: Annotated[str, typer.Option("--method", help="Projection: pca or tsne.")] = "pca",
+    data_root: DataRootOpt = None,
+    size: SizeOpt = 28,
+    split: SplitOpt = "test",
+    limit: Annotated[int, typer.Option("--limit", help="Plot a random subset of this many images (0: all).")] = 2000,
+    seed: SeedOpt = 0,
+    device: Annotated[str, typer.Option("--device", help="Device that runs the encoder: auto, cpu, cuda or cuda:N.")] = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """PCA or t-SNE scatter of an encoder's image embeddings of a split, coloured by class.
+
+    Example: [bold]vlm plot embeddings breastmnist --model ViT-B-32 --weights openai --method tsne --out emb.png[/]
+    """
+    from vlm.plots import embeddings_figure
+
+    _wrote(embeddings_figure(flag, model, out_file, weights=weights, method=method.lower(), split=split, size=size,
+                             data_root=data_root, limit=limit or None, seed=seed, device=device), as_json)
