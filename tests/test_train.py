@@ -311,3 +311,14 @@ def test_real_breastmnist_beats_chance(runs_dir):
                                                                  device="cpu"),
                    data_root=SHARED_DATA, runs_dir=runs_dir)
     assert result.metrics.auc > 0.6, result.history
+
+
+def test_image_size_of_a_slices_model_upsamples_slices_not_the_volume(data_root, runs_dir):
+    """`--image-size` for slices:<2D> is the per-slice size inside the model: the volume keeps its 28 slices."""
+    result = train("vesselmnist3d", "slices:test_efficientnet", config=TrainConfig(epochs=1, image_size=32, **TINY),
+                   data_root=data_root, runs_dir=runs_dir, model_opts={"in_chans": 1})
+    assert result.finished and result.record.config["model_opts"]["image_size"] == 32
+    assert result.record.preprocessing["size"] is None  # no trilinear 28³ -> 32³ resize of the volume
+    with pytest.raises(VlmError, match="disagree"):
+        train("vesselmnist3d", "slices:test_efficientnet", config=TrainConfig(epochs=1, image_size=32, **TINY),
+              data_root=data_root, runs_dir=runs_dir, model_opts={"in_chans": 1, "image_size": 48})

@@ -873,18 +873,25 @@ def train(
         raise VlmError(f"--batch-size {config.batch_size} is larger than {task.flag}'s training split "
                        f"({len(train_s)} images): use --batch-size {len(train_s)} or less.")
 
+    resize = config.image_size  # the size the input pipeline resizes images or volumes to
+    if model_name.partition(":")[0] == "slices" and config.image_size is not None:
+        # The slices model upsamples each slice itself; resizing the volume would change its slice count.
+        if model_opts.setdefault("image_size", config.image_size) != config.image_size:
+            raise VlmError(f"--image-size {config.image_size} and --model-opt image_size={model_opts['image_size']} "
+                           "disagree: give one of them.")
+        resize = None
+
     seed_everything(config.seed)
     model = create_model(model_name, task.num_classes, in_chans=in_chans, pretrained=pretrained, weights=weights,
                          **model_opts)
     if not task.is_3d:
         model = model.to(memory_format=torch.channels_last)  # see vlm.preprocess.channels_last
-    image_size = config.image_size
-    if image_size is None and not task.is_3d:
+    if resize is None and config.image_size is None and not task.is_3d:
         fixed = fixed_input_size(model)
         if fixed is not None and fixed != size:
-            image_size = fixed
-    config = replace(config, image_size=image_size)
-    preprocess = medmnist_preprocess(image_size, rgb=in_chans == 3)
+            resize = fixed
+            config = replace(config, image_size=fixed)
+    preprocess = medmnist_preprocess(resize, rgb=in_chans == 3)
 
     spec = {"entry": "train", "flag": task.flag, "model": model_name, "size": size, "weights": weights,
             "pretrained": pretrained, "model_opts": {**model_opts, "in_chans": in_chans},
