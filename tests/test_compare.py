@@ -253,6 +253,8 @@ def test_cli_compare_formats(data_root, runs_dir):
     assert rows[0]["n_seeds"] == "2"
     table = invoke("compare", runs_dir)
     assert table.exit_code == 0 and "breastmnist 28px test" in table.stdout
+    # the one row is best in both columns: starred, so that plain text (no colours) shows it
+    assert "best per column starred *" in " ".join(table.stdout.split()) and table.stdout.count("*") == 3
 
 
 def test_cli_compare_pair(data_root, runs_dir):

@@ -369,9 +369,10 @@ def format_value(cell: Cell, metric: str) -> str:
     return text
 
 
-def legend(table: ComparisonTable) -> str:
+def legend(table: ComparisonTable, best_mark: str = "in bold") -> str:
     """One line explaining the cell notation."""
-    parts = ["single run: value [95% bootstrap CI]", "several seeds: mean ± std (n seeds)", "best per column marked"]
+    parts = ["single run: value [95% bootstrap CI]", "several seeds: mean ± std (n seeds)",
+             f"best per column {best_mark}"]
     if any(r.published for r in table.rows):
         parts.append("† published (no CI); ? unverified published value")
     return "; ".join(parts) + "."
@@ -429,12 +430,13 @@ def to_csv(table: ComparisonTable) -> str:
 
 
 def render_rich(table: ComparisonTable, title: str = "Comparison"):
-    """A rich Table (best values bold green, published rows dim italic) with the legend as caption."""
+    """A rich Table (best values bold green and starred, so plain text shows them too; published rows dim
+    italic) with the legend as caption."""
     from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    caption = legend(table) + "".join(f"\n{n}" for n in table.notes)
+    caption = legend(table, best_mark="starred *") + "".join(f"\n{n}" for n in table.notes)
     out = Table(title=escape(title), title_justify="left", caption=escape(caption), caption_justify="left")
     out.add_column("method", overflow="fold")
     for col in table.columns:
@@ -448,8 +450,9 @@ def render_rich(table: ComparisonTable, title: str = "Comparison"):
                 if cell is None:
                     values.append("")
                     continue
-                style = "bold green" if getattr(cell, f"best_{metric}") else ("dim" if cell.published else "")
-                values.append(Text(format_value(cell, metric), style=style))
+                best = getattr(cell, f"best_{metric}")
+                style = "bold green" if best else ("dim" if cell.published else "")
+                values.append(Text(format_value(cell, metric) + (" *" if best else ""), style=style))
         out.add_row(*values)
     return out
 
