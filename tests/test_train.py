@@ -228,6 +228,33 @@ def test_non_finite_loss_stops_with_a_clear_message(data_root, runs_dir):
     assert (run_dir / BEST_FILE).is_file() and not (run_dir / "record.json").exists()
 
 
+class _DtypeSpy(nn.Module):
+    """A linear classifier that remembers the dtype its layer computed in (train and eval passes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 28 * 28, 2)
+        self.seen: set[torch.dtype] = set()
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        self.seen.add(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("amp, dtype, precision", [(None, torch.float32, "fp32"), (False, torch.float32, "fp32"),
+                                                   (True, torch.bfloat16, "bf16-autocast")])
+def test_amp_on_cpu_runs_bf16_only_when_asked(data_root, runs_dir, amp, dtype, precision):
+    """Default: fp32 on the CPU (bf16 is CUDA's default); --amp turns bf16 autocast on for the CPU too."""
+    splits = [load_split("breastmnist", s, 28, data_root) for s in ("train", "val", "test")]
+    net = _DtypeSpy()
+    result = fit(net, *splits, TrainConfig(epochs=1, amp=amp, **TINY), model_name="spy", runs_dir=runs_dir)
+    assert net.seen == {dtype}
+    assert result.record.config["precision"] == precision
+    assert next(net.parameters()).dtype == torch.float32  # the weights stay fp32
+    assert math.isfinite(result.history[0]["train_loss"])
+
+
 def test_ctrl_c_keeps_last_epoch_and_says_how_to_resume(data_root, runs_dir):
     def interrupt(event):
         if event.stage == "batch" and event.epoch == 2:

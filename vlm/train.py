@@ -98,7 +98,7 @@ class TrainConfig:
     seed: int = 0
     patience: int | None = None  # early stopping: epochs without a better val AUC (None/0: off)
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, on CUDA only
+    amp: bool | None = None  # bf16 autocast: None = on CUDA only; True = on any device (CPU too); False = off
     eval_batch_size: int | None = None
     n_bootstrap: int = 1000  # bootstrap rounds for the test CIs
 
@@ -395,13 +395,18 @@ class InputPipeline:
         return out
 
 
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(amp and device.type == "cuda"))
+def uses_bf16(device: torch.device, amp: bool | None) -> bool:
+    """Whether forward passes run under bf16 autocast: `amp` None means on CUDA only."""
+    return device.type == "cuda" if amp is None else bool(amp)
+
+
+def _autocast(device: torch.device, amp: bool | None):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, amp))
 
 
 @torch.no_grad()
 def predict(model: nn.Module, split: Split, pipeline: Callable[[torch.Tensor, bool], torch.Tensor], *,
-            batch_size: int = 256, device: torch.device | str = "cpu", amp: bool = True) -> torch.Tensor:
+            batch_size: int = 256, device: torch.device | str = "cpu", amp: bool | None = None) -> torch.Tensor:
     """Scores (N, K) float32 on `device`: softmax probabilities, per-label sigmoid for multi-label."""
     device = torch.device(device)
     model.eval()
@@ -631,7 +636,8 @@ def fit(
         _set_rng_state(saved["rng"])
         state = _State(**saved["state"])
 
-    record_config = {**config.to_dict(), **(extra_config or {}), "device_used": str(device)}
+    record_config = {**config.to_dict(), **(extra_config or {}), "device_used": str(device),
+                     "precision": "bf16-autocast" if uses_bf16(device, config.amp) else "fp32"}
     loggers = _Loggers(log, run_dir, record_config)
     emit = progress or (lambda event: None)
     epochs_this_call = 0
@@ -751,7 +757,7 @@ def _train_epoch(model, train, sampler, pipeline, loss_fn, optimizer, scheduler,
         y = train.labels[idx]
         with _autocast(device, config.amp):
             logits = model(x)
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits.float(), y)
         value = loss.item()
         if not math.isfinite(value):
             raise _non_finite(epoch, i + 1, run_dir, state)

@@ -77,10 +77,13 @@ PatienceOpt = Annotated[Optional[int], typer.Option(
     "--patience", help="Early stopping: stop after this many epochs without a better val AUC \\[default: off].",
     show_default=False)]
 TrainDeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", help="auto (cuda if available), cpu or cuda; bf16 autocast on CUDA \\[default: auto].",
+    "--device", help="auto (cuda if available), cpu or cuda; see --amp for bf16 \\[default: auto].",
     show_default=False)]
 AmpOpt = Annotated[Optional[bool], typer.Option(
-    "--amp/--no-amp", help="bf16 autocast on CUDA (no effect on CPU) \\[default: on].", show_default=False)]
+    "--amp/--no-amp", help="bf16 autocast of the forward pass (weights and optimizer stay fp32). --amp turns it on "
+                           "for the CPU too: worth it on CPUs with AVX-512 BF16 or AMX (acs:resnet18 steps 2.7x "
+                           "faster on an AMD EPYC), less exact \\[default: on for CUDA, off for CPU].",
+    show_default=False)]
 TrainBootstrapOpt = Annotated[Optional[int], typer.Option(
     "--bootstrap", help="Bootstrap rounds for the test 95% CIs (0: none) \\[default: 1000].", show_default=False)]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
