@@ -281,6 +281,10 @@ def test_user_errors(data_root, runs_dir):
         train("breastmnist", "vit3d", config=TrainConfig(**TINY), data_root=data_root, runs_dir=runs_dir)
     with pytest.raises(VlmError, match="breastmnist_64.npz not found"):
         train("breastmnist", "small-cnn", size=64, config=TrainConfig(**TINY), data_root=data_root, runs_dir=runs_dir)
+    vit = {"img_size": 32, "depth": 1, "embed_dim": 32, "num_heads": 2}
+    with pytest.raises(VlmError, match=r"takes 32×32 images only, not --image-size 40.*--model-opt img_size=40"):
+        train("breastmnist", "vit_tiny_patch16_224", config=TrainConfig(image_size=40, **TINY), data_root=data_root,
+              runs_dir=runs_dir, model_opts=vit)
     if not _installed("tensorboard"):
         with pytest.raises(VlmError, match="pip install tensorboard"):
             train("breastmnist", "small-cnn", config=TrainConfig(**TINY), data_root=data_root, runs_dir=runs_dir,

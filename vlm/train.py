@@ -892,11 +892,14 @@ def train(
                          **model_opts)
     if not task.is_3d:
         model = model.to(memory_format=torch.channels_last)  # see vlm.preprocess.channels_last
-    if resize is None and config.image_size is None and not task.is_3d:
-        fixed = fixed_input_size(model)
-        if fixed is not None and fixed != size:
-            resize = fixed
-            config = replace(config, image_size=fixed)
+    fixed = None if task.is_3d else fixed_input_size(model)
+    if fixed is not None and config.image_size not in (None, fixed):
+        raise VlmError(f"{model_name} takes {fixed}×{fixed} images only, not --image-size {config.image_size}: leave "
+                       f"--image-size out (images are then resized to {fixed}), or build the model for that size "
+                       f"with --model-opt img_size={config.image_size}.")
+    if fixed is not None and config.image_size is None and fixed != size:
+        resize = fixed
+        config = replace(config, image_size=fixed)
     preprocess = medmnist_preprocess(resize, rgb=in_chans == 3)
 
     spec = {"entry": "train", "flag": task.flag, "model": model_name, "size": size, "weights": weights,
