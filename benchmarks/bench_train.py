@@ -67,8 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true",
-                   help="let our side use bf16 autocast on CUDA (fit's default); off by default so both "
-                        "sides compute in float32 (no effect on the CPU)")
+                   help="let our side use bf16 autocast (fit's default on CUDA, `vlm train --amp` on the CPU); "
+                        "off by default so both sides compute in float32")
     p.add_argument("--reference-channels-last", action="store_true",
                    help="give the reference model the channels-last layout ours uses (default: MedMNIST's "
                         "plain layout), to isolate the input path")
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
           f"(seed {args.seed})")
     print(f"train:  Adam lr {args.lr}, MultiStepLR x0.1 at 50%/75% of the epochs, batch {args.batch_size}, "
           f"{'BCE' if task.kind == 'multi-label' else 'cross-entropy'}, {args.epochs} timed epoch(s) per side "
-          f"after 1 warm-up step; float32{' (ours: bf16 autocast on CUDA)' if args.amp else ''}")
+          f"after 1 warm-up step; float32{' (ours: bf16 autocast)' if args.amp else ''}")
     print("per epoch, REFERENCE: train (DataLoader, PIL ToTensor+Normalize per image) + MedMNIST test() on "
           "train, val and test (medmnist.Evaluator) + scheduler.step()")
     print("per epoch, OURS:      train (resident uint8, index batches, tensor preprocessing) + score val "

@@ -400,7 +400,8 @@ def uses_bf16(device: torch.device, amp: bool | None) -> bool:
     return device.type == "cuda" if amp is None else bool(amp)
 
 
-def _autocast(device: torch.device, amp: bool | None):
+def autocast(device: torch.device, amp: bool | None):
+    """The context `fit` runs forward passes in: bf16 autocast when `uses_bf16`, else a no-op."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, amp))
 
 
@@ -414,7 +415,7 @@ def predict(model: nn.Module, split: Split, pipeline: Callable[[torch.Tensor, bo
     outs = []
     for start in range(0, len(images), batch_size):
         x = pipeline(images[start:start + batch_size], False)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x)
         outs.append(logits.float())
     logits = torch.cat(outs)
@@ -755,7 +756,7 @@ def _train_epoch(model, train, sampler, pipeline, loss_fn, optimizer, scheduler,
         idx = order[start:start + config.batch_size]
         x = pipeline(train.images[idx], True)
         y = train.labels[idx]
-        with _autocast(device, config.amp):
+        with autocast(device, config.amp):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         value = loss.item()

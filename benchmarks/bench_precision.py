@@ -1,0 +1,97 @@
+"""Training-step time in fp32 against bf16 autocast (`vlm train --amp`), per model, same data and weights.
+
+For each `--models` entry the script builds the model as `vlm train` does (`create_model`, 2D models
+in channels-last layout), takes `--batch-size` real training images or volumes of `--dataset` through
+the trainer's own input pipeline (`vlm.train.InputPipeline`: to float, normalise, MedMNIST's shape
+transform where it applies), and times `--steps` optimisation steps (Adam, cross-entropy) twice, from
+the same initial weights: once in fp32 and once under `vlm.train.autocast(device, True)`, the context
+`fit` runs its forward passes in. Each side first takes `--warmup` untimed steps. Printed: median
+seconds per step of each side, the ratio fp32 / bf16 (> 1: bf16 is faster), and the loss after the
+timed steps of both sides (bf16 changes the numbers a little; it must not change them much).
+
+On CUDA bf16 autocast is `fit`'s default; on the CPU it pays off only where the CPU has bf16 matrix
+instructions (AVX-512 BF16, AMX) and the model is dominated by dense convolutions.
+
+    python benchmarks/bench_precision.py                                    # acs:resnet18 and slices:lite0 on vesselmnist3d
+    python benchmarks/bench_precision.py --models medmnist-resnet18 --dataset breastmnist --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from _common import add_common_args, now, print_table, setup
+
+from models.registry import create_model
+from vlm.data import load_split
+from vlm.preprocess import medmnist_preprocess
+from vlm.train import InputPipeline, TrainConfig, autocast, seed_everything
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="acs:resnet18,slices:tf_efficientnet_lite0",
+                   help="comma-separated registry names (default: acs:resnet18,slices:tf_efficientnet_lite0)")
+    p.add_argument("--dataset", default="vesselmnist3d", help="a MedMNIST flag, 28 px (default: vesselmnist3d)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: 32, the 3D recipes' batch)")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per side (default: 4)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (default: 1)")
+    add_common_args(p)
+    return p.parse_args(argv)
+
+
+def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool,
+               steps: int, warmup: int) -> tuple[list[float], float]:
+    """Seconds of each timed optimisation step and the last loss."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    times, loss = [], float("nan")
+    for i in range(warmup + steps):
+        t0 = now(device)
+        with autocast(device, amp):
+            logits = model(x)
+        out = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        out.backward()
+        opt.step()
+        loss = out.item()
+        if i >= warmup:
+            times.append(now(device) - t0)
+    return times, loss
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = setup(args, f"training step: fp32 vs bf16 autocast ({args.dataset}, batch {args.batch_size})")
+    split = load_split(args.dataset, "train", 28, args.data_root)
+    task = split.task
+    config = TrainConfig(batch_size=args.batch_size).resolved(task)
+    pipeline = InputPipeline(medmnist_preprocess(None, rgb=True), is_3d=task.is_3d, config=config)  # vlm train's default
+    x = pipeline(split.images[:args.batch_size].to(device), True)
+    y = split.labels[:args.batch_size, 0].to(device)
+    rows = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        seed_everything(0)
+        model = create_model(name, task.num_classes, in_chans=3).to(device)
+        if not task.is_3d:
+            model = model.to(memory_format=torch.channels_last)
+        fp32, loss32 = time_steps(copy.deepcopy(model), x, y, device, False, args.steps, args.warmup)
+        bf16, loss16 = time_steps(copy.deepcopy(model), x, y, device, True, args.steps, args.warmup)
+        t32, t16 = statistics.median(fp32), statistics.median(bf16)
+        rows.append((name, t32, t16, f"{t32 / t16:.2f}x", f"{loss32:.4f} / {loss16:.4f}"))
+        print(f"{name}: fp32 steps {[round(t, 2) for t in fp32]} s, bf16 steps {[round(t, 2) for t in bf16]} s",
+              flush=True)
+    print()
+    print_table(["model", "fp32 s/step", "bf16 s/step", "fp32 / bf16", "loss fp32 / bf16"], rows)
+    print()
+    print("RESULT " + "; ".join(f"{r[0]} {r[3]}" for r in rows))
+
+
+if __name__ == "__main__":
+    main()
