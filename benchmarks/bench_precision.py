@@ -5,9 +5,10 @@ in channels-last layout), takes `--batch-size` real training images or volumes o
 the trainer's own input pipeline (`vlm.train.InputPipeline`: to float, normalise, MedMNIST's shape
 transform where it applies), and times `--steps` optimisation steps (Adam, cross-entropy) twice, from
 the same initial weights: once in fp32 and once under `vlm.train.autocast(device, True)`, the context
-`fit` runs its forward passes in. Each side first takes `--warmup` untimed steps. Printed: median
-seconds per step of each side, the ratio fp32 / bf16 (> 1: bf16 is faster), and the loss after the
-timed steps of both sides (bf16 changes the numbers a little; it must not change them much).
+`fit` runs its forward passes in. Each side first takes `--warmup` untimed steps. The batch holds
+both classes in equal parts where the split has them. Printed: median seconds per step of each side,
+the ratio fp32 / bf16 (> 1: bf16 is faster), and the loss of the first step of each side, from the
+same weights and batch (the difference is bf16's rounding in the forward pass).
 
 On CUDA bf16 autocast is `fit`'s default; on the CPU it pays off only where the CPU has bf16 matrix
 instructions (AVX-512 BF16, AMX) and the model is dominated by dense convolutions.
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="acs:resnet18,slices:tf_efficientnet_lite0",
                    help="comma-separated registry names (default: acs:resnet18,slices:tf_efficientnet_lite0)")
-    p.add_argument("--dataset", default="vesselmnist3d", help="a MedMNIST flag, 28 px (default: vesselmnist3d)")
+    p.add_argument("--dataset", default="vesselmnist3d", help="a single-label MedMNIST flag, 28 px (default: vesselmnist3d)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: 32, the 3D recipes' batch)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per side (default: 4)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (default: 1)")
@@ -48,10 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool,
                steps: int, warmup: int) -> tuple[list[float], float]:
-    """Seconds of each timed optimisation step and the last loss."""
+    """Seconds of each timed optimisation step and the loss of the first step."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
-    times, loss = [], float("nan")
+    times, first_loss = [], float("nan")
     for i in range(warmup + steps):
         t0 = now(device)
         with autocast(device, amp):
@@ -60,10 +61,11 @@ def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device:
         opt.zero_grad(set_to_none=True)
         out.backward()
         opt.step()
-        loss = out.item()
+        if i == 0:
+            first_loss = out.item()
         if i >= warmup:
             times.append(now(device) - t0)
-    return times, loss
+    return times, first_loss
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,8 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     task = split.task
     config = TrainConfig(batch_size=args.batch_size).resolved(task)
     pipeline = InputPipeline(medmnist_preprocess(None, rgb=True), is_3d=task.is_3d, config=config)  # vlm train's default
-    x = pipeline(split.images[:args.batch_size].to(device), True)
-    y = split.labels[:args.batch_size, 0].to(device)
+    rows_of = [torch.nonzero(split.labels[:, 0] == c).flatten() for c in range(task.num_classes)]
+    per_class = -(-args.batch_size // task.num_classes)
+    idx = torch.cat([r[:per_class] for r in rows_of])[:args.batch_size]  # both/all classes where present
+    x = pipeline(split.images[idx].to(device), True)
+    y = split.labels[idx, 0].to(device)
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         seed_everything(0)
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: fp32 steps {[round(t, 2) for t in fp32]} s, bf16 steps {[round(t, 2) for t in bf16]} s",
               flush=True)
     print()
-    print_table(["model", "fp32 s/step", "bf16 s/step", "fp32 / bf16", "loss fp32 / bf16"], rows)
+    print_table(["model", "fp32 s/step", "bf16 s/step", "fp32 / bf16", "first loss fp32 / bf16"], rows)
     print()
     print("RESULT " + "; ".join(f"{r[0]} {r[3]}" for r in rows))
 
