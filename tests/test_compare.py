@@ -159,6 +159,20 @@ def test_method_identity_ignores_seed_and_job_but_not_options():
     assert clip.n_seeds == 2
 
 
+def test_training_outcomes_do_not_split_seeds():
+    # What `fit` records after training (chosen epoch, its val AUC, why it stopped, the precision that
+    # ran on that device) differs between seeds of one method; it must not make rows of its own.
+    records = [
+        _fake(seed=s, model="acs:resnet18", config={"lr": 1e-3, "best_epoch": e, "best_val_auc": v, "epochs_run": 5,
+                                                    "stop_reason": r, "precision": p, "device_used": d})
+        for s, e, v, r, p, d in [(0, 2, 0.83, "completed", "bf16-autocast", "cpu"),
+                                 (1, 4, 0.71, "early-stopping", "fp32", "cuda:0")]
+    ]
+    table = compare.comparison_table(records)
+    assert [r.label for r in table.rows] == ["train acs:resnet18"]
+    assert table.cell(table.rows[0], table.columns[0]).n_seeds == 2
+
+
 def test_experiment_method_is_one_row_across_datasets():
     # A probe run on a 2D and a 3D dataset picks its L2 strength per dataset and has 3D-only options.
     records = [

@@ -45,7 +45,8 @@ RUN_SPECIFIC_KEYS = frozenset({
     "seed", "experiment_job", "experiment", "device", "data_root", "runs_dir", "run_dir", "out", "output",
     "scores_file", "checkpoint", "resume", "download", "num_workers", "workers", "verbose", "quiet",
     "log_every", "cache", "cache_dir", "best_epoch", "epochs_run", "stopped_epoch", "elapsed", "timings",
-    "experiment_method", "device_used", "images_encoded", "l2", "l2_grid", "val_auc", "k_grid",
+    "experiment_method", "device_used", "precision", "images_encoded", "l2", "l2_grid", "val_auc", "k_grid",
+    "best_val_auc", "stop_reason",
 })
 _RUN_SPECIFIC_SUFFIXES = ("_dir", "_path", "_file", "_root")
 
