@@ -215,3 +215,19 @@ def test_full_finetune_resumes_identically(tmp_path):
     x, y = load_file(str(a.run_dir / "best.safetensors")), load_file(str(c.run_dir / "best.safetensors"))
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     assert a.metrics.to_dict() == c.metrics.to_dict() and c.record.method == "full"
+
+
+def test_image_size_the_tower_cannot_take_is_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    write_synthetic(tmp_path, "breastmnist", separable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = CliRunner().invoke(app, ["finetune", "breastmnist", "--model", "test_vit", "--mode", "knn",
+                                       "--image-size", "100", "--device", "cpu", "--data-root", str(tmp_path),
+                                       "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "test_vit cannot take 100×100 images" in res.output and "its input size is 160" in res.output
+    assert not (tmp_path / "runs").exists()

@@ -39,7 +39,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -61,6 +61,9 @@ L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 ZS_L2_EXTRA = (100.0, 1000.0)
 K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
 KNN_TEMPERATURE = 0.07
+
+if TYPE_CHECKING:
+    from vlm.encoders import Encoder
 
 
 def finetune_config(**overrides: Any) -> TrainConfig:
@@ -260,6 +263,17 @@ def knn(task: TaskSpec, emb: dict[str, torch.Tensor], labels: dict[str, torch.Te
 
 
 # ----------------------------------------------------------------------------- entry point
+def check_image_size(enc: Encoder, size: int, name: str) -> None:
+    """One blank size×size image through the image tower; a VlmError naming the tower's own size if it fails."""
+    try:
+        with torch.inference_mode():
+            enc.encode_images(torch.zeros(1, 3, size, size, device=enc.device))
+    except Exception as exc:  # noqa: BLE001 - whatever the tower raises means "cannot take this size"
+        why = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        raise VlmError(f"{name} cannot take {size}×{size} images ({why}): leave --image-size out (its input "
+                       f"size is {enc.preprocess.size}) or pick a size its image tower takes.") from None
+
+
 def finetune(
     flag: str,
     model_name: str,
@@ -331,7 +345,8 @@ def finetune(
     train_s, val_s, test_s = load_splits(task, size, data_root, download)
     seed_everything(config.seed)
     enc = encoder if encoder is not None else load_encoder(model_name, weights, device)
-    if config.image_size is not None:
+    if config.image_size is not None and config.image_size != enc.preprocess.size:
+        check_image_size(enc, config.image_size, model_name)
         enc.preprocess = replace(enc.preprocess, size=config.image_size)
     head_w, used_style = (zero_shot_head(enc, task, style=style, prompts=prompts) if mode == "zs-init"
                           else (None, None))

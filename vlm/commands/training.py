@@ -82,7 +82,8 @@ TrainDeviceOpt = Annotated[Optional[str], typer.Option(
 AmpOpt = Annotated[Optional[bool], typer.Option(
     "--amp/--no-amp", help="bf16 autocast of the forward pass (weights and optimizer stay fp32). --amp turns it on "
                            "for the CPU too: worth it for dense 3D convolutions on CPUs with AVX-512 BF16 or AMX "
-                           "(acs:resnet18 steps 2x faster on an AMD EPYC, EfficientNet slices 2.3x slower), less exact \\[default: on for CUDA, off for CPU].",
+                           "(acs:resnet18 steps 2x faster on an AMD EPYC, EfficientNet slices 2.3x slower), less exact "
+                           "\\[default: on for CUDA, off for CPU].",
     show_default=False)]
 TrainBootstrapOpt = Annotated[Optional[int], typer.Option(
     "--bootstrap", help="Bootstrap rounds for the test 95% CIs (0: none) \\[default: 1000].", show_default=False)]
