@@ -54,7 +54,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from vlm.errors import VlmError
+from vlm.errors import VlmError, exception_summary
 from vlm.preprocess import INTERPOLATIONS, Preprocess
 
 log = logging.getLogger(__name__)
@@ -509,18 +509,12 @@ def _hub_fetch(repo: str, filename: str, **kwargs: Any) -> str:
     return hf_hub_download(repo_id=repo, filename=filename, **kwargs)
 
 
-def _why(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0][:200] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 def _offline_reason(exc: Exception) -> str:
     if hub_offline():
         return "HF_HUB_OFFLINE is set and the files are not in the Hugging Face cache"
     if not hub_reachable():
         return "the Hugging Face hub cannot be reached from here and the files are not in its local cache"
-    return _why(exc)
+    return exception_summary(exc)
 
 
 def _fetch_open_clip_hub(repo: str, alias: EncoderAlias | None) -> tuple[Path, Path]:
@@ -614,7 +608,8 @@ def _load_open_clip(target: str, weights: Path | None, device: torch.device, ali
             config = json.loads(config_file.read_text())
             model_cfg = config["model_cfg"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise VlmError(f"{config_file} is not an open_clip config with a 'model_cfg' entry ({_why(exc)}).") from None
+            raise VlmError(f"{config_file} is not an open_clip config with a 'model_cfg' entry "
+                           f"({exception_summary(exc)}).") from None
         if ckpt is None:
             found = _find_checkpoint_in_dir(folder)
             if not found:
@@ -708,7 +703,7 @@ def _load_open_clip_checkpoint(model: nn.Module, ckpt: Path, target: str) -> Non
         unexpected = [k for k in state if k not in own]
         shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
                   if k in own and tuple(v.shape) != tuple(own[k].shape)]
-        detail = f"{len(shapes)} shape mismatch(es), e.g. {shapes[0]}." if shapes else _why(exc)
+        detail = f"{len(shapes)} shape mismatch(es), e.g. {shapes[0]}." if shapes else exception_summary(exc)
         raise VlmError(_mismatch_message(target, ckpt, missing, unexpected, detail)) from None
     missing = list(getattr(incompatible, "missing_keys", []) or [])
     unexpected = list(getattr(incompatible, "unexpected_keys", []) or [])
@@ -785,8 +780,8 @@ def _load_transformers(target: str, weights: Path | None, device: torch.device,
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except Exception as exc:  # noqa: BLE001
         if local:
-            raise VlmError(f"Cannot load the transformers model in {path} ({_why(exc)}): it needs config.json, "
-                           f"model.safetensors or pytorch_model.bin and the tokenizer files.") from None
+            raise VlmError(f"Cannot load the transformers model in {path} ({exception_summary(exc)}): it needs "
+                           f"config.json, model.safetensors or pytorch_model.bin and the tokenizer files.") from None
         raise _transformers_offline_error(target, exc) from None
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise VlmError(f"{target} is a {type(model).__name__}, not a CLIP-style model (no get_image_features / "
@@ -834,7 +829,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise VlmError(f"Cannot read weights {path} as a state dict saved with torch.save or safetensors "
-                       f"({_why(exc)}).") from None
+                       f"({exception_summary(exc)}).") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -863,7 +858,7 @@ def _load_timm(target: str, weights: Path | None, device: torch.device) -> TimmE
     try:
         model = timm.create_model(target, pretrained=False, num_classes=0)
     except Exception as exc:  # noqa: BLE001
-        raise VlmError(f"Cannot build timm model {target} ({_why(exc)}).") from None
+        raise VlmError(f"Cannot build timm model {target} ({exception_summary(exc)}).") from None
     if weights is not None:
         _load_timm_weights(model, weights, target)
     if weights is None:

@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlm.data import Split
-from vlm.errors import VlmError
+from vlm.errors import VlmError, exception_summary
 from vlm.evaluate import evaluate
 from vlm.results import new_run_dir
 from vlm.tasks import TaskSpec, get_task
@@ -269,9 +269,8 @@ def check_image_size(enc: Encoder, size: int, name: str) -> None:
         with torch.inference_mode():
             enc.encode_images(torch.zeros(1, 3, size, size, device=enc.device))
     except Exception as exc:  # noqa: BLE001 - whatever the tower raises means "cannot take this size"
-        why = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-        raise VlmError(f"{name} cannot take {size}×{size} images ({why}): leave --image-size out (its input "
-                       f"size is {enc.preprocess.size}) or pick a size its image tower takes.") from None
+        raise VlmError(f"{name} cannot take {size}×{size} images ({exception_summary(exc)}): leave --image-size "
+                       f"out (its input size is {enc.preprocess.size}) or pick a size its image tower takes.") from None
 
 
 def finetune(
