@@ -359,14 +359,15 @@ def part_c(args, device, weights: Path, data_root: Path, work: Path) -> str:
     # Where a run's time goes, measured here piece by piece: what the cache removes is only the encoding.
     from vlm.data import load_split
     from vlm.embeddings import image_embeddings
-    from vlm.encoders import _sha256_cached, load_encoder
+    from vlm.encoders import load_encoder
+    from vlm.files import _digest_cached
     from vlm.prompts import load_prompt_set
     from vlm.zeroshot import text_classifier
 
     t0 = now(device)
     subprocess.run([sys.executable, "-c", "import cli, open_clip, vlm.zeroshot"], check=True, env=env)
     t_import = now(device) - t0
-    _sha256_cached.cache_clear()  # count the weights hash, as a fresh process pays it
+    _digest_cached.cache_clear()  # count the weights hash, as a fresh process pays it
     with Stopwatch(device) as t_load:
         enc = load_encoder(args.model, weights=weights, device=device)
     with Stopwatch(device) as t_text:

@@ -318,7 +318,7 @@ def test_timm_with_shared_imagenet_weights():
 
 
 def test_device_auto_and_bad_device():
-    from vlm.encoders import resolve_device
+    from vlm.runtime import resolve_device
 
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(VlmError, match="Unknown device"):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vlm.errors import VlmError
-from vlm.results import RunRecord, atomic_write_text, load_run, load_runs, load_scores, new_run_dir, save_run
+from vlm.files import atomic_write_text
+from vlm.results import RunRecord, load_run, load_runs, load_scores, new_run_dir, save_run
 
 
 def _record(**kw) -> RunRecord:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from vlm.errors import VlmError
+from vlm.files import finite_or_none
 from vlm.results import RunRecord, jsonable, load_run, load_scores
 from vlm.tasks import SPLITS, get_task
 
@@ -199,11 +199,7 @@ def method_labels(identities: dict[str, RunRecord]) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- building the table
 def _metric(record: RunRecord, name: str) -> float | None:
-    value = record.metrics.get(name)
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return finite_or_none(record.metrics.get(name))
 
 
 def _ci(record: RunRecord, name: str) -> tuple[float, float] | None:

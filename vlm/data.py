@@ -7,7 +7,6 @@ indexing this tensor; preprocessing happens on the tensor, on its device (see `v
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from vlm.errors import VlmError
+from vlm.files import file_digest
 from vlm.tasks import SPLITS, TaskSpec, get_task
 
 ENV_ROOT = "VLM_DATA_ROOT"
@@ -83,19 +83,11 @@ def local_sizes(task: TaskSpec, data_root: str | os.PathLike | None = None) -> l
     return [s for s in task.sizes if (root / file_name(task, s)).is_file()]
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(task: TaskSpec, size: int, data_root: str | os.PathLike | None = None) -> Path:
     """Check a local file against the MD5 that medmnist.INFO lists; return its path."""
     path = ensure_file(task, size, data_root)
     expected = task.md5(size)
-    actual = md5sum(path)
+    actual = file_digest(path, "md5")
     if actual != expected:
         raise VlmError(
             f"{path} has MD5 {actual}, expected {expected}: the file is corrupt or from another "

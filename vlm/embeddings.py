@@ -34,7 +34,7 @@ from vlm.data import Split
 from vlm.encoders import RANDOM_INIT, Encoder
 from vlm.errors import VlmError
 from vlm.preprocess import channels_last
-from vlm.results import atomic_write_bytes, atomic_write_text
+from vlm.files import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
 ENV_CACHE = "VLM_CACHE_DIR"

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import json
 import logging
 import os
@@ -55,7 +54,9 @@ import torch
 import torch.nn as nn
 
 from vlm.errors import VlmError, exception_summary
+from vlm.files import file_digest
 from vlm.preprocess import INTERPOLATIONS, Preprocess
+from vlm.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -260,19 +261,6 @@ class TimmEncoder(Encoder):
 
 
 # ----------------------------------------------------------------------------- helpers
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else is checked."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise VlmError(f"Unknown device '{device}': use auto, cpu, cuda or cuda:N.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VlmError("CUDA was asked for (--device cuda) but torch sees no GPU here; use --device cpu or auto.")
-    return dev
-
-
 def hub_offline() -> bool:
     """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, read now rather than at import time."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -286,25 +274,9 @@ def hub_offline() -> bool:
         return False
 
 
-@lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Full sha256 of a file (memoised per path, size and mtime)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return _sha256_cached(str(p), st.st_size, st.st_mtime_ns)
-
-
 def weights_file_id(path: str | os.PathLike) -> str:
     """The weights id of a local file: 'sha256:' + the first 16 hex digits of its sha256."""
-    return f"sha256:{file_sha256(path)[:16]}"
+    return f"sha256:{file_digest(path)[:16]}"
 
 
 def _check_weights_file(weights: str | os.PathLike | None) -> Path | None:

@@ -253,7 +253,7 @@ def run_job(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLi
     method, opts = job.method, dict(job.method.options)
     with record_tags(**{JOB_KEY: job.key, "experiment_method": method.name}):
         if method.kind == "zero-shot":
-            from vlm.train import resolve_device
+            from vlm.runtime import resolve_device
             from vlm.zeroshot import run_zero_shot
 
             run_zero_shot(job.dataset, method.model, weights=method.weights, prompts=method.prompts,

@@ -50,9 +50,8 @@ from vlm.errors import VlmError, exception_summary
 from vlm.evaluate import evaluate
 from vlm.results import new_run_dir
 from vlm.tasks import TaskSpec, get_task
-from vlm.train import (
-    Progress, TrainConfig, TrainResult, fit, load_splits, resolve_device, seed_everything, write_spec,
-)
+from vlm.runtime import resolve_device, seed_everything
+from vlm.train import Progress, TrainConfig, TrainResult, fit, load_splits, write_spec
 
 MODES = ("linear-probe", "knn", "full", "zs-init")
 ZS_THEN = ("full", "linear-probe")

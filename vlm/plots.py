@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from vlm.errors import VlmError
-from vlm.results import RunRecord, atomic_write_bytes, load_scores
+from vlm.files import atomic_write_bytes
+from vlm.results import RunRecord, load_scores
 from vlm.tasks import SPLITS, TaskSpec, get_task
 
 FORMATS = {".png": "png", ".svg": "svg"}

@@ -8,13 +8,11 @@ Layout of a run folder `runs/<run_id>/`:
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import platform
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -24,40 +22,11 @@ from typing import Any
 import numpy as np
 
 from vlm.errors import VlmError
+from vlm.files import atomic_save_npy, atomic_write_text
 
 RECORD_FILE = "record.json"
 SCORES_FILE = "scores.npy"
 DEFAULT_RUNS_DIR = "runs"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise VlmError(f"Cannot write to {path.parent}: {exc.strerror}.") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array))
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def library_versions() -> dict[str, str]:

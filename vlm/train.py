@@ -34,7 +34,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -50,13 +49,14 @@ from vlm.errors import VlmError
 from vlm.evaluate import Metrics, evaluate
 from vlm.losses import check_loss, default_loss, make_loss
 from vlm.preprocess import Preprocess, channels_last, medmnist_preprocess, to_float
-from vlm.results import RunRecord, atomic_write_bytes, atomic_write_text, new_run_dir
+from vlm.files import atomic_write_bytes, atomic_write_text, finite_or_none
+from vlm.results import RunRecord, new_run_dir
+from vlm.runtime import check_device_name, resolve_device, seed_everything
 from vlm.sampling import SAMPLERS, EpochSampler
 from vlm.tasks import TaskSpec, get_task
 
 OPTIMIZERS = ("adam", "adamw", "radam", "nadam", "sgd")
 SCHEDULERS = ("none", "multistep", "exponential", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("tensorboard", "wandb")
 
 SPEC_FILE = "spec.json"
@@ -126,7 +126,7 @@ class TrainConfig:
         _choice("optimizer", c.optimizer, OPTIMIZERS)
         _choice("scheduler", c.scheduler, SCHEDULERS)
         _choice("sampler", c.sampler, SAMPLERS)
-        _check_device(c.device)
+        check_device_name(c.device)
         c.loss = (c.loss or default_loss(task)).lower()
         check_loss(c.loss, task)
         if c.weight_decay is None:
@@ -218,31 +218,6 @@ class TrainingInterrupted(VlmError):
 
 
 # ----------------------------------------------------------------------------- helpers
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _check_device(name: str) -> None:
-    if name not in DEVICES and not re.fullmatch(r"cuda:\d+", name):
-        raise VlmError(f"Unknown device '{name}': choose auto, cpu, cuda or cuda:N.")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda'/'cuda:N' without that GPU is a VlmError."""
-    _check_device(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise VlmError(f"--device {name} was asked for, but torch sees no such CUDA GPU here. "
-                           f"Use --device cpu or auto.")
-    return torch.device(name)
-
-
 def parse_model_opts(items: Iterable[str] | None) -> dict[str, Any]:
     """`["slice_axis=1", "head=mean"]` -> `{"slice_axis": 1, "head": "mean"}` (ints, floats, booleans, none)."""
     out: dict[str, Any] = {}
@@ -666,8 +641,8 @@ def fit(
                 state.best_auc, state.best_epoch, state.bad_epochs = val_metrics.auc, epoch, 0
             else:
                 state.bad_epochs += 1
-            row = {"epoch": epoch, "train_loss": train_loss, "val_auc": _num(val_metrics.auc),
-                   "val_acc": _num(val_metrics.acc), "lr": lr_used,
+            row = {"epoch": epoch, "train_loss": train_loss, "val_auc": finite_or_none(val_metrics.auc),
+                   "val_acc": finite_or_none(val_metrics.acc), "lr": lr_used,
                    "seconds": round(seconds, 4), "best": better}
             state.history.append(row)
             state.epoch = epoch
@@ -685,11 +660,11 @@ def fit(
             loggers.epoch(row)
             epochs_this_call += 1
             emit(TrainEvent("epoch", epoch, config.epochs, batches=len(starts), loss=train_loss,
-                            val_auc=row["val_auc"], val_acc=row["val_acc"], best_auc=_num(state.best_auc),
+                            val_auc=row["val_auc"], val_acc=row["val_acc"], best_auc=finite_or_none(state.best_auc),
                             best_epoch=state.best_epoch, seconds=seconds))
         state.stop_reason = state.stop_reason or "completed"
 
-        emit(TrainEvent("test", state.epoch, config.epochs, best_auc=_num(state.best_auc),
+        emit(TrainEvent("test", state.epoch, config.epochs, best_auc=finite_or_none(state.best_auc),
                         best_epoch=state.best_epoch))
         t0 = time.perf_counter()
         load_best(model, run_dir / BEST_FILE)
@@ -698,7 +673,7 @@ def fit(
         metrics = score_split(test_d, scores, n_bootstrap=config.n_bootstrap, seed=config.seed)
         test_seconds = time.perf_counter() - t0
         result = _result(run_dir, state, finished=True)
-        record_config.update(best_epoch=state.best_epoch, best_val_auc=_num(state.best_auc),
+        record_config.update(best_epoch=state.best_epoch, best_val_auc=finite_or_none(state.best_auc),
                              epochs_run=state.epoch, stop_reason=state.stop_reason)
         result.metrics = metrics
         result.record = record_run(
@@ -712,8 +687,8 @@ def fit(
         )
         result.seconds = state.train_seconds + test_seconds
         loggers.test(metrics.to_dict())
-        emit(TrainEvent("done", state.epoch, config.epochs, val_auc=_num(state.best_auc),
-                        best_auc=_num(state.best_auc), best_epoch=state.best_epoch))
+        emit(TrainEvent("done", state.epoch, config.epochs, val_auc=finite_or_none(state.best_auc),
+                        best_auc=finite_or_none(state.best_auc), best_epoch=state.best_epoch))
         return result
     except KeyboardInterrupt:
         done = f"last.pt holds epoch {saved_epoch}" if last_path.is_file() else "no epoch was completed"
@@ -727,14 +702,10 @@ def fit(
         loggers.close()
 
 
-def _num(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def _result(run_dir: Path, state: _State, finished: bool) -> TrainResult:
     n = len(state.history)
     return TrainResult(run_dir=run_dir, finished=finished, epochs_run=state.epoch, best_epoch=state.best_epoch,
-                       best_val_auc=_num(state.best_auc), history=list(state.history), seconds=state.train_seconds,
+                       best_val_auc=finite_or_none(state.best_auc), history=list(state.history), seconds=state.train_seconds,
                        seconds_per_epoch=state.train_seconds / n if n else 0.0,
                        stop_reason=state.stop_reason or "paused")
 
@@ -769,7 +740,7 @@ def _train_epoch(model, train, sampler, pipeline, loss_fn, optimizer, scheduler,
         total += value * len(idx)
         count += len(idx)
         emit(TrainEvent("batch", epoch, config.epochs, batch=i + 1, batches=len(starts), loss=total / count,
-                        best_auc=_num(state.best_auc), best_epoch=state.best_epoch))
+                        best_auc=finite_or_none(state.best_auc), best_epoch=state.best_epoch))
     return total / max(count, 1)
 
 

@@ -17,7 +17,6 @@ Model selection (choosing a prompt file or style) is meant to happen on the vali
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,8 +29,9 @@ from vlm.data import load_split
 from vlm.embeddings import Progress, check_policy, image_embeddings
 from vlm.encoders import Encoder, load_encoder
 from vlm.errors import VlmError
+from vlm.files import atomic_save_npy, file_digest
 from vlm.prompts import PromptSet, load_prompt_set
-from vlm.results import Timer, atomic_save_npy
+from vlm.results import Timer
 from vlm.tasks import TaskSpec
 
 SCORE_CONVENTION = (
@@ -99,10 +99,6 @@ def check_prompt_set(prompt_set: PromptSet, task: TaskSpec) -> None:
                        f"({', '.join(task.labels)}).")
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _load_prompts(flag: str, prompts: str | os.PathLike | None) -> PromptSet:
     ps = load_prompt_set(Path(prompts) if prompts is not None else flag, dataset=flag)
     return ps
@@ -165,7 +161,7 @@ def run_zero_shot(
         emb, encoded = image_embeddings(enc, data, batch_size=batch_size, cache_dir=cache_dir, slice_axis=slice_axis,
                                         pool=pool, progress=progress)
     prompt_file = Path(prompt_set.path)
-    prompt_sha = _file_sha256(prompt_file)
+    prompt_sha = file_digest(prompt_file)
     results = []
     for style in chosen:
         with Timer() as t_style:
