@@ -160,7 +160,7 @@ def _load(target: str, weights: Path | None, device: torch.device, alias: Encode
     cfg = model.config
     text_cfg = getattr(cfg, "text_config", None)
     context_length = getattr(text_cfg, "max_position_embeddings", None) if text_cfg is not None else None
-    embed_dim = getattr(cfg, "projection_dim", None) or _probe_dim(model)
+    embed_dim = getattr(cfg, "projection_dim", None) or _probe_dim(model, device)
     scale = getattr(model, "logit_scale", None)
     logit_scale = float(scale.detach().exp().float().cpu().item()) if isinstance(scale, torch.Tensor) else 100.0
     return TransformersEncoder(model, tokenizer, context_length, id=enc_id, weights_id=weights_id,
@@ -169,10 +169,10 @@ def _load(target: str, weights: Path | None, device: torch.device, alias: Encode
                                name=alias.name if alias else target, description=alias.description if alias else "")
 
 
-def _probe_dim(model: nn.Module) -> int:
-    """The image feature size, from one blank image (models whose config has no projection_dim)."""
+def _probe_dim(model: nn.Module, device: torch.device) -> int:
+    """The image feature size, from one blank image on `device` (models whose config has no projection_dim)."""
     size = getattr(getattr(model.config, "vision_config", model.config), "image_size", 224)
-    blank = torch.zeros(1, 3, size, size)
+    blank = torch.zeros(1, 3, size, size, device=device)
     with torch.inference_mode():
         return int(_features(model.get_image_features(pixel_values=blank)).shape[-1])
 
