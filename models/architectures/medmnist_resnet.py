@@ -31,6 +31,8 @@ def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 conv + BN layers with a residual shortcut (ResNet-18/34)."""
+
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
@@ -48,6 +50,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 (x4 wide) conv + BN layers with a residual shortcut (ResNet-50)."""
+
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
