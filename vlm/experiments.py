@@ -135,7 +135,7 @@ class _Reader:
 
 def _check_model(reader: _Reader, kind: str, model: str, where: tuple) -> None:
     """Unknown models fail at load time, not an hour into the matrix."""
-    from models.registry import ModelError, model_dims
+    from models import ModelError, model_dims
 
     if kind == "train":
         try:

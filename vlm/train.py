@@ -762,7 +762,7 @@ def read_spec(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def check_model_dims(model_name: str, task: TaskSpec) -> None:
     """A 2D model on a 3D dataset (or the reverse) -> a VlmError naming the prefix to use."""
-    from models.registry import list_models, model_dims
+    from models import list_models, model_dims
 
     dims = model_dims(model_name)
     if dims == "3d" and not task.is_3d:
@@ -783,8 +783,8 @@ def fixed_input_size(model: nn.Module) -> int | None:
     the dataset's native size unless --image-size says otherwise.
     """
     try:
-        from models.architectures.timm2d import fixed_input_size as is_fixed
-        from models.architectures.timm2d import input_size
+        from models import fixed_input_size as is_fixed
+        from models import input_size
     except ImportError:
         return None
     try:
@@ -830,7 +830,7 @@ def train(
     Example:
         >>> train("vesselmnist3d", "acs:resnet18", config=TrainConfig(epochs=5))   # doctest: +SKIP
     """
-    from models.registry import create_model
+    from models import create_model
 
     config = config or TrainConfig()
     task = get_task(flag)
