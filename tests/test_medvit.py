@@ -1,4 +1,4 @@
-"""MedViT (models.architectures.medvit).
+"""MedViT (models.architectures.medvit) and the AugMix augmentation (vlm.augment.AugMix2D).
 
 The reference state-dict layout below is written from the released code (Omid-Nejati/MedViT,
 `MedViT.py`): attribute names of ConvBNReLU / PatchEmbed / MHCA / LocalityFeedForward / SELayer /
@@ -18,6 +18,8 @@ import torch
 
 from models import ModelError, create_model, list_models, model_dims
 from models.architectures.medvit import EMHSA, LocalityFeedForward, MedViT, load_released
+from vlm.augment import AugMix2D
+from vlm.errors import VlmError
 
 SIZES = {"medvit_small": (3, 4, 10, 3), "medvit_base": (3, 4, 20, 3), "medvit_large": (3, 4, 30, 3)}
 # sum(p.numel() for p in model.parameters()) with 1000 classes; rounded: 32.16M, 45.43M, 58.70M.
@@ -179,3 +181,44 @@ def test_locality_feed_forward_keeps_its_own_residual() -> None:
     x = torch.randn(2, 32, 5, 5)
     with torch.no_grad():
         assert torch.equal(ffn(x), x)
+
+
+# --- AugMix ---------------------------------------------------------------------------------------
+
+
+def _images(c: int) -> torch.Tensor:
+    return torch.randint(0, 256, (4, c, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(c))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmix_keeps_uint8_and_changes_images(channels: int) -> None:
+    x = _images(channels)
+    y = AugMix2D(seed=0)(x)
+    assert y.dtype == torch.uint8 and y.shape == x.shape
+    assert not torch.equal(y, x)
+
+
+def test_augmix_is_reproducible_and_leaves_the_global_rng_alone() -> None:
+    x = _images(3)
+    before = torch.get_rng_state()
+    a, b = AugMix2D(seed=7)(x), AugMix2D(seed=7)(x)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, AugMix2D(seed=8)(x))
+
+
+def test_augmix_state_dict_round_trip_gives_the_same_next_batch() -> None:
+    x = _images(3)
+    aug = AugMix2D(seed=1)
+    aug(x)
+    state = aug.state_dict()
+    expected = aug(x)
+    resumed = AugMix2D(seed=123)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed(x), expected)
+    assert state["spec"] == {"severity": 3, "mixture_width": 3, "chain_depth": -1, "alpha": 1.0}
+
+
+def test_augmix_refuses_float_batches() -> None:
+    with pytest.raises(VlmError, match="uint8"):
+        AugMix2D()(torch.rand(2, 3, 8, 8))
