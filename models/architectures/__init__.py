@@ -5,4 +5,5 @@ To add one: write `models/architectures/NAME.py` with a factory decorated by
 """
 
 from models.architectures import timm2d, medmnist_resnet, small_cnn  # noqa: F401  2D: timm fallback, torchvision-only, MedMNIST CNNs
+from models.architectures import medvit  # noqa: F401  2D: MedViT small/base/large (hybrid CNN-Transformer)
 from models.architectures import acs, slices, vit3d  # noqa: F401  3D: slices:, acs:/2.5d:/3d:, vit3d, joint
