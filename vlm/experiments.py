@@ -234,7 +234,7 @@ def job_options(kind: str) -> set[str]:
     """The `options` a method of this kind accepts (the keyword arguments of its library call)."""
     from dataclasses import fields
 
-    from vlm.train import TrainConfig
+    from vlm.training import TrainConfig
 
     train_opts = {f.name for f in fields(TrainConfig)} - {"seed", "device"}
     if kind == "train":
@@ -248,7 +248,7 @@ def run_job(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLi
             cache_dir: str | os.PathLike | None = None) -> None:
     """Run one job through the same library call as its CLI command; its records carry the job key."""
     from vlm.scoring import record_tags
-    from vlm.train import TrainConfig
+    from vlm.training import TrainConfig
 
     method, opts = job.method, dict(job.method.options)
     with record_tags(**{JOB_KEY: job.key, "experiment_method": method.name}):
@@ -268,7 +268,7 @@ def run_job(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLi
                      weights=method.weights, data_root=data_root, runs_dir=runs_dir, cache_dir=cache_dir,
                      prompts=method.prompts, **extra)
         else:
-            from vlm.train import train
+            from vlm.training import train
 
             model_opts, pretrained = opts.pop("model_opts", None), opts.pop("pretrained", None)
             train(job.dataset, method.model, config=TrainConfig(**opts, seed=job.seed, device=device), size=job.size,
