@@ -36,10 +36,10 @@ frozen embeddings), `modes` (the `finetune` entry point, its defaults and option
 """
 
 from vlm.finetune.heads import TowerClassifier, zero_shot_head
-from vlm.finetune.modes import MODES, ZS_THEN, FinetuneOptions, finetune, finetune_config
+from vlm.finetune.modes import EXTRA_OPTIONS, MODES, ZS_THEN, FinetuneOptions, finetune, finetune_config
 from vlm.finetune.probe import KNN_WEIGHTINGS, fit_logistic, knn, knn_scores, linear_probe, logistic_scores
 
 __all__ = [
-    "KNN_WEIGHTINGS", "MODES", "ZS_THEN", "FinetuneOptions", "TowerClassifier", "finetune",
+    "EXTRA_OPTIONS", "KNN_WEIGHTINGS", "MODES", "ZS_THEN", "FinetuneOptions", "TowerClassifier", "finetune",
     "finetune_config", "fit_logistic", "knn", "knn_scores", "linear_probe", "logistic_scores", "zero_shot_head",
 ]

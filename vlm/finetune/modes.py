@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 MODES = ("linear-probe", "knn", "full", "zs-init")
 ZS_THEN = ("full", "linear-probe")
+# The options an experiment's finetune method may set beside TrainConfig's (`vlm run`).
+EXTRA_OPTIONS = ("k", "knn_weighting", "style", "zs_then", "slice_axis", "pool")
 
 
 @dataclass
