@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from _common import add_common_args, now, print_table, setup
 
-from models.registry import create_model
+from models import create_model
 from vlm.data import load_split
 from vlm.preprocess import medmnist_preprocess
 from vlm.runtime import seed_everything

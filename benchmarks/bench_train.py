@@ -1,7 +1,7 @@
 """Training epoch time: our trainer (`vlm.training.train` -> `fit`) against a MedMNIST-style reference loop.
 
 Both sides train the SAME model (same initial weights: each built by `seed_everything(seed)` then
-`models.registry.create_model(name, K, in_chans=3)`, as `vlm.training.train` builds it) on the SAME data
+`models.create_model(name, K, in_chans=3)`, as `vlm.training.train` builds it) on the SAME data
 with the same optimizer (Adam, lr 1e-3, MedMNIST's MultiStepLR), batch size, loss, epochs and torch
 threads, one after the other in this one process, each after one warm-up optimisation step on a
 throw-away copy of the model.
@@ -47,7 +47,7 @@ import torch.nn as nn
 
 from _common import add_common_args, now, print_table, setup
 
-from models.registry import create_model
+from models import create_model
 from vlm.data import load_split
 from vlm.losses import make_loss
 from vlm.preprocess import medmnist_preprocess

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.registry import ModelError
+from models.errors import ModelError
 
 __all__ = ["LoadReport", "read_state_dict", "read_shapes", "load_weights"]
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cli import app
 from conftest import write_synthetic
 from vlm import compare
-from vlm.baselines import CHECKS, METHODS_2D, METHODS_3D, medmnist_baselines
+from vlm.baselines import METHODS_2D, METHODS_3D, RESOURCE, STORED_COPIES, medmnist_baselines
 from vlm.data import load_split
 from vlm.errors import VlmError
 from vlm.results import RunRecord, load_runs
@@ -35,7 +35,8 @@ def test_baselines_cover_all_18_datasets_with_the_papers_methods():
     for r in rows:
         by_dataset.setdefault(r["dataset"], []).append(r["method"])
         assert 0 < r["auc"] <= 1 and 0 < r["acc"] <= 1
-        assert "Scientific Data" in r["source"] and r["split"] == "test" and r["check"] in CHECKS
+        assert r["source"] in STORED_COPIES and r["split"] == "test" and "check" not in r
+        assert "Scientific Data 10, 41 (2023)" in r["reference"] and r["reference"].endswith(r["table"])
         assert r["size"] == (224 if "(224)" in r["method"] else 28)
     assert set(by_dataset) == set(medmnist.INFO)
     for flag, methods in by_dataset.items():
@@ -44,16 +45,46 @@ def test_baselines_cover_all_18_datasets_with_the_papers_methods():
     assert len(rows) == 12 * 7 + 6 * 8
 
 
+def test_every_baseline_cell_names_its_stored_copy():
+    # The shipped CSV: a `source` column (no `check`), every row sourced, no cell left unverified or "?".
+    from importlib import resources
+    text = resources.files("vlm").joinpath("resources", RESOURCE).read_text(encoding="utf-8")
+    body = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    rows = list(csv.DictReader(io.StringIO("\n".join(body))))
+    assert list(rows[0]) == ["dataset", "method", "table", "size", "auc", "acc", "source"]
+    assert len(rows) == 132
+    for r in rows:
+        assert r["source"] in STORED_COPIES, r
+        assert all(r[k] and r[k] != "?" and "unverified" not in r[k] for k in r), r
+        assert len(r["auc"]) == len(r["acc"]) == 5  # three decimals, as printed
+    # each stored copy is named precisely enough to re-read: repository, commit, path
+    for name, where in STORED_COPIES.items():
+        repo, rest = name.split("@")
+        commit, path = rest.split(":")
+        assert f"MedMNIST/{repo}, commit {commit}" in where and len(where.split("commit ")[1].split(",")[0]) == 40
+        assert f", {path} " in where
+
+
+# Spot checks against the stored copy (medmnist.github.io@83f35a9:index.html), including cells the
+# older 2021 pages had otherwise: NoduleMNIST3D (re-run for the paper), 224 px ResNets, VesselMNIST3D.
 @pytest.mark.parametrize("flag, method, auc, acc", [
     ("breastmnist", "ResNet-18 (28)", 0.901, 0.863),
     ("retinamnist", "ResNet-18 (28)", 0.717, 0.524),
     ("vesselmnist3d", "ResNet-18+ACS", 0.930, 0.928),
     ("adrenalmnist3d", "ResNet-18+ACS", 0.839, 0.754),
+    ("nodulemnist3d", "ResNet-18+3D", 0.863, 0.844),
+    ("nodulemnist3d", "auto-sklearn", 0.914, 0.874),
+    ("vesselmnist3d", "AutoKeras", 0.773, 0.894),
+    ("synapsemnist3d", "ResNet-50+3D", 0.851, 0.795),
+    ("pathmnist", "ResNet-18 (224)", 0.989, 0.909),
+    ("octmnist", "ResNet-18 (224)", 0.958, 0.763),
+    ("bloodmnist", "auto-sklearn", 0.984, 0.878),
+    ("chestmnist", "Google AutoML Vision", 0.778, 0.948),
 ])
 def test_baseline_check_values(flag, method, auc, acc):
     (row,) = [r for r in medmnist_baselines(flag) if r["method"] == method]
     assert (row["auc"], row["acc"]) == (auc, acc)
-    assert row["check"] == "confirmed"
+    assert row["source"] == "medmnist.github.io@83f35a9:index.html"
     assert row["table"] == ("Table 4" if flag.endswith("3d") else "Table 3")
 
 
@@ -191,8 +222,12 @@ def test_dataset_filter_and_baselines_for_3d():
     assert [c.label for c in table.columns] == ["vesselmnist3d 28px test"]
     acs = table.cell(table.row("ResNet-18+ACS (published)"), table.columns[0])
     assert (acs.auc, acs.acc) == (0.930, 0.928)
-    unverified = table.cell(table.row("AutoKeras (published)"), table.columns[0])
-    assert unverified.note == "unverified" and compare.format_value(unverified, "auc").endswith("†?")
+    autokeras = table.cell(table.row("AutoKeras (published)"), table.columns[0])
+    assert (autokeras.auc, autokeras.acc) == (0.773, 0.894)
+    # every published value is sourced now: none is marked unverified
+    assert all(table.cell(r, table.columns[0]).note is None for r in table.rows if r.published)
+    assert compare.format_value(autokeras, "auc") == "0.773†"
+    assert not any("'?'" in n for n in table.notes)
 
 
 def test_markdown_csv_json_outputs_parse(data_root, runs_dir):

@@ -14,11 +14,6 @@ from sklearn.exceptions import UndefinedMetricWarning
 
 from vlm.errors import VlmError
 from vlm.evaluate import (
-    _bootstrap,
-    _hits,
-    _plans,
-    _prepare,
-    _resample_weights,
     acc_score,
     auc_score,
     check_scores,
@@ -28,6 +23,9 @@ from vlm.evaluate import (
     roc_points,
     tune_threshold,
 )
+from vlm.evaluate.bootstrap import _bootstrap, _resample_weights
+from vlm.evaluate.core import _hits, _plans
+from vlm.evaluate.inputs import _prepare
 from vlm.tasks import get_task
 
 MEDMNIST_TASK = {

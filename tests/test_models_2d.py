@@ -3,14 +3,17 @@ and the shared weight loader. Offline, tiny inputs, one CPU thread."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import ModelError, create_model, model_dims
-from models.architectures.timm2d import fixed_input_size, input_size, is_known
+from models import ModelError, create_model, fixed_input_size, input_size, model_dims
+from models.architectures.timm2d import is_known
 from conftest import SHARED_WEIGHTS
 from models.weights import load_weights
 
@@ -57,6 +60,15 @@ def test_unknown_name_suggests():
     with pytest.raises(ModelError, match=r"Did you mean resnet18"):
         create_model("resnet-18", 2)
     assert is_known("resnet18.a1_in1k") and is_known("squeezenet1_0") and not is_known("resnet-18")
+
+
+def test_errors_and_registry_import_without_torch():
+    # The CLI's error handler imports ModelError on every command; the registry is a leaf.
+    code = ("import sys, models.errors, models.registry; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert not [m for m in sys.modules if m.startswith('models.architectures')], 'architectures imported'; "
+            "import models; assert models.model_dims('vit3d') == '3d'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 @pytest.mark.parametrize("name", ["test_efficientnet", "squeezenet1_1", "medmnist-resnet18", "small-cnn"])

@@ -183,7 +183,7 @@ def test_best_checkpoint_is_best_val_epoch_and_test_scored_once(data_root, runs_
     assert result.best_epoch == aucs.index(max(aucs)) + 1
     assert [r["best"] for r in result.history][result.best_epoch - 1]
     # the saved best weights reproduce the best epoch's val AUC and the recorded test scores
-    from models.registry import create_model
+    from models import create_model
 
     net = create_model("small-cnn", 9)
     net.load_state_dict(load_file(str(result.run_dir / BEST_FILE)))

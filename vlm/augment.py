@@ -1,4 +1,4 @@
-"""Training-time augmentation as batched tensor ops on the batch's device (no PIL, no per-image loop).
+"""Training-time augmentation as tensor ops on the batch's device (no PIL; batched, AugMix aside).
 
 Off by default, as in MedMNIST's baselines. Applied to float batches in [0, 1] (after `to_float`,
 before the model's resize and normalisation), with random parameters drawn from the augmenter's own
@@ -7,6 +7,12 @@ CPU `torch.Generator` (state saved in `last.pt`, so resumed runs draw the same a
 2D (`Augment2D`): one affine warp per image that combines a horizontal flip (p = 0.5), a small
 affine (rotation ±10°, translation ±10 %, scale 0.9-1.1) and a random resized crop (area 80-100 %,
 aspect 3/4-4/3), sampled with `grid_sample` (bilinear, zero fill like torchvision's RandomAffine).
+
+2D AugMix (`AugMix2D`): torchvision's `v2.AugMix` (Hendrycks et al. 2020; severity 3, width 3, depth
+1-3, alpha 1; MedViT's MedMNIST recipe) on a *uint8* (B, C, H, W) batch, image by image so that every
+image draws its own op chains as a per-sample dataset transform would. torchvision draws from torch's
+global RNG; the call runs inside `torch.random.fork_rng`, seeded from the augmenter's generator, so
+the batch is reproducible and resumable while the global (dropout) RNG stream is left untouched.
 
 3D (`Augment3D`): per-volume flips along each of D, H, W (p = 0.5 each) and/or a rot90 in the H-W
 plane (k uniform in 0..3), chosen with `ops=("flip", "rot90")`.
@@ -94,6 +100,42 @@ class Augment2D:
         theta = self.matrices(x.shape[0]).to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "spec": asdict(self.spec)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@dataclass(frozen=True)
+class AugMixSpec:
+    """torchvision AugMix's parameters (its defaults)."""
+
+    severity: int = 3
+    mixture_width: int = 3
+    chain_depth: int = -1  # -1: depth drawn from 1..3 per chain
+    alpha: float = 1.0
+
+
+class AugMix2D:
+    """AugMix of a uint8 (B, C, H, W) batch (C = 1 or 3) on its device; returns uint8 of the same shape."""
+
+    def __init__(self, spec: AugMixSpec = AugMixSpec(), seed: int = 0) -> None:
+        from torchvision.transforms import v2
+
+        self.spec = spec
+        self.transform = v2.AugMix(**asdict(spec))
+        self.generator = _generator(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.dtype != torch.uint8:
+            raise VlmError(f"AugMix expects a uint8 (B, C, H, W) batch, got {x.dtype} of shape {tuple(x.shape)}.")
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        devices = list(range(torch.cuda.device_count())) if x.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return torch.stack([self.transform(image) for image in x])
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "spec": asdict(self.spec)}

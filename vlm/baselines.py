@@ -1,24 +1,20 @@
 """Published results to compare against: the MedMNIST v2 benchmark tables, shipped as package data.
 
-Source: Yang et al., "MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image
+Paper: Yang et al., "MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image
 classification", Scientific Data 10, 41 (2023), doi:10.1038/s41597-022-01721-8 — Table 3 (12 2D
 datasets: ResNet-18/50 at 28 and 224 px, auto-sklearn, AutoKeras, Google AutoML Vision) and Table 4
 (6 3D datasets: ResNet-18/50 with 2.5D, 3D and ACS convolutions, auto-sklearn, AutoKeras). Values are
 test-split AUC and ACC as printed (three decimals, means of at least three runs).
 
 The numbers live in `vlm/resources/medmnist_v2_baselines.csv`, one row per (dataset, method), with a
-`check` column saying how each row was verified when it was entered:
-
-- ``confirmed``: matches an independent stored copy of the published table — a hand transcription of
-  Table 3 (all 224 px and AutoML rows), a replication report quoting Table 3 (all ResNet-18 (28)
-  rows), published-reference configs quoting medmnist.com/v2 (ResNet-50+3D on all 3D datasets), or a
-  check value of this project's spec (BreastMNIST/RetinaMNIST ResNet-18 (28), VesselMNIST3D and
-  AdrenalMNIST3D ResNet-18+ACS);
-- ``website-2021``: matches the 2021 benchmark table of the MedMNIST site (medmnist.github.io v2.html);
-  the published paper changed a handful of such cells by 0.001, so the third decimal may be off;
-- ``partial``: AUC confirmed, ACC not;
-- ``unverified``: no stored copy found (NoduleMNIST3D, AdrenalMNIST3D, VesselMNIST3D were re-run for
-  the published version, so the 2021 website values do not apply). Tables mark these cells.
+`source` column naming the stored copy each row's two cells were read from and checked against, as
+``<repository>@<short commit>:<path>``. Every one of the 264 cells comes from the benchmark tables of
+the MedMNIST website as it stands now (GitHub MedMNIST/medmnist.github.io, commit
+83f35a9df2c72f6e95a740c50010423de8326067, index.html: the medmnist.com page of January 2024, citing the
+Scientific Data paper, with the published NoduleMNIST3D split). The CSV's header comment lists how the
+older stored pages differ (the 2021 v2 page before NoduleMNIST3D, AdrenalMNIST3D and VesselMNIST3D
+were re-run, and the 224 px ResNets' earlier runs) and why the current page is taken. No stored copy
+of the paper's own table text was found; the site is the authors' copy of it.
 
 Sizes: the "(224)" ResNets were trained on the 28 px images upsampled to 224 px, and every other
 method at 28 px; `vlm.compare` places a baseline only in a test-split column of its size.
@@ -35,10 +31,15 @@ from typing import Any
 from vlm.errors import VlmError
 from vlm.tasks import get_task
 
-SOURCE = ("Yang et al., MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image "
-          "classification, Scientific Data 10, 41 (2023), doi:10.1038/s41597-022-01721-8")
+PAPER = ("Yang et al., MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image "
+         "classification, Scientific Data 10, 41 (2023), doi:10.1038/s41597-022-01721-8")
 RESOURCE = "medmnist_v2_baselines.csv"
-CHECKS = ("confirmed", "website-2021", "partial", "unverified")
+# The stored copies a row's `source` may name, with where to find them again.
+STORED_COPIES = {
+    "medmnist.github.io@83f35a9:index.html": (
+        "github.com/MedMNIST/medmnist.github.io, commit 83f35a9df2c72f6e95a740c50010423de8326067, index.html "
+        "(medmnist.com, January 2024): Benchmarking Performance on MedMNIST2D / MedMNIST3D"),
+}
 
 METHODS_2D = ("ResNet-18 (28)", "ResNet-18 (224)", "ResNet-50 (28)", "ResNet-50 (224)", "auto-sklearn", "AutoKeras",
               "Google AutoML Vision")
@@ -53,6 +54,9 @@ def _rows() -> tuple[dict[str, Any], ...]:
     rows = []
     for raw in csv.DictReader(io.StringIO(body)):
         table = int(raw["table"])
+        if raw["source"] not in STORED_COPIES:  # a packaging error, caught by the tests
+            raise VlmError(f"{RESOURCE}: {raw['dataset']} {raw['method']} names no known stored copy "
+                           f"('{raw['source']}').")
         rows.append({
             "method": raw["method"],
             "dataset": raw["dataset"],
@@ -61,8 +65,8 @@ def _rows() -> tuple[dict[str, Any], ...]:
             "size": int(raw["size"]),
             "split": "test",
             "table": f"Table {table}",
-            "check": raw["check"],
-            "source": f"{SOURCE}, Table {table}",
+            "source": raw["source"],
+            "reference": f"{PAPER}, Table {table}",
         })
     return tuple(rows)
 
@@ -70,8 +74,10 @@ def _rows() -> tuple[dict[str, Any], ...]:
 def medmnist_baselines(dataset: str | None = None) -> list[dict[str, Any]]:
     """Published MedMNIST v2 test results, as dicts with method, dataset, auc, acc, source.
 
-    Each dict also holds `size` (the method's input size: 224 for the "(224)" ResNets, else 28),
-    `split` ("test"), `table` ("Table 3" or "Table 4") and `check` (see the module docstring).
+    `source` is the stored copy the row was checked against (e.g. "medmnist.github.io@83f35a9:index.html",
+    see the module docstring); `reference` cites the paper and its table. Each dict also holds `size`
+    (the method's input size: 224 for the "(224)" ResNets, else 28), `split` ("test") and `table`
+    ("Table 3" or "Table 4").
     `dataset` restricts the list to one flag (unknown flags raise a VlmError with suggestions).
 
     Example: `medmnist_baselines("breastmnist")[0]` -> {'method': 'ResNet-18 (28)', 'auc': 0.901, ...}

@@ -193,7 +193,7 @@ _TRAIN_OPTIONS = frozenset(option_names() - {"seed", "device"})  # a job's seed 
 
 def _check_train(model: str, mode: str | None) -> None:
     """Unknown models fail at load time, not an hour into the matrix."""
-    from models.registry import ModelError, model_dims
+    from models import ModelError, model_dims
 
     try:
         model_dims(model)

@@ -27,8 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.architectures.slices import check_choice, reject_unknown
-from models.registry import ModelError, register_prefix
+from models.architectures.medmnist_resnet import medmnist_resnet18, medmnist_resnet50
+from models.architectures.timm2d import create_timm_model
+from models.errors import ModelError
+from models.options import check_choice, reject_unknown
+from models.registry import register_prefix
 from models.weights import load_weights, read_state_dict
 
 Mode = Literal["acs", "2.5d", "3d"]
@@ -269,6 +272,7 @@ def convert_to_3d(model: nn.Module, mode: Mode = "acs", *, i3d: bool = True) -> 
 # --- the 2D ResNets and their 3D forms --------------------------------------------------------------
 
 RESNETS = ("resnet18", "resnet50")
+_MEDMNIST_RESNETS = {"resnet18": medmnist_resnet18, "resnet50": medmnist_resnet50}
 
 
 def resnet2d(base: str, num_classes: int, *, in_chans: int = 1, pretrained: bool = False, weights=None,
@@ -280,8 +284,6 @@ def resnet2d(base: str, num_classes: int, *, in_chans: int = 1, pretrained: bool
     timm/torchvision key names, ImageNet weights). `stem=None` picks "imagenet" when the checkpoint's
     conv1 is 7×7, else "cifar". The first conv is adapted to `in_chans`; the head is re-initialised.
     """
-    from models.registry import create_model
-
     if base not in RESNETS:
         raise ModelError(f"unknown ResNet '{base}'; choose one of {', '.join(RESNETS)}.")
     if stem is not None:
@@ -301,8 +303,13 @@ def resnet2d(base: str, num_classes: int, *, in_chans: int = 1, pretrained: bool
     if pretrained and weights is None and stem != "imagenet":
         raise ModelError(f"MedMNIST's {base} (stem='cifar') has no download; pass a 2D checkpoint with weights=FILE, "
                          f"or use stem='imagenet' for timm's ImageNet {base}.")
-    name, head = (base, "fc") if stem == "imagenet" else (f"medmnist-{base}", "linear")
-    net = create_model(name, max(num_classes, 1), in_chans=in_chans, pretrained=pretrained and weights is None)
+    n, download = max(num_classes, 1), pretrained and weights is None
+    if stem == "imagenet":
+        name, head = base, "fc"
+        net = create_timm_model(base, n, in_chans=in_chans, pretrained=download)
+    else:
+        name, head = f"medmnist-{base}", "linear"
+        net = _MEDMNIST_RESNETS[base](n, in_chans=in_chans, pretrained=download)
     if weights is not None:
         load_weights(net, weights, head=head, first_conv="conv1", name=name)
     if num_classes == 0:  # features only

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import ModelError, register_model
+from models.options import reject_unknown
+from models.registry import register_model
 from models.weights import weights_or_scratch
 
 __all__ = ["BasicBlock", "Bottleneck", "MedMNISTResNet"]
@@ -30,6 +31,8 @@ def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 conv + BN layers with a residual shortcut (ResNet-18/34)."""
+
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
@@ -47,6 +50,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 (x4 wide) conv + BN layers with a residual shortcut (ResNet-50)."""
+
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
@@ -102,8 +107,7 @@ class MedMNISTResNet(nn.Module):
 
 def _build(name: str, block, num_blocks: list[int], num_classes: int, in_chans: int,
            pretrained: bool, weights, kwargs: dict) -> nn.Module:
-    if kwargs:
-        raise ModelError(f"Model '{name}' takes no options (given: {', '.join(kwargs)}).")
+    reject_unknown(name, kwargs)
     model = MedMNISTResNet(block, num_blocks, in_chans=in_chans, num_classes=num_classes)
     return weights_or_scratch(model, name, weights, pretrained, head="linear", first_conv="conv1")
 

@@ -32,8 +32,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from models.architectures.timm2d import create_timm_model, input_size
-from models.registry import ModelError, register_prefix
+from models.architectures.timm2d import create_timm_model
+from models.errors import ModelError
+from models.inputs import input_size
+from models.options import check_choice, int_tuple, reject_unknown
+from models.registry import register_prefix
 from models.weights import read_shapes
 
 ChannelMode = Literal["conv", "replicate"]
@@ -45,16 +48,9 @@ FEATURES = ("logits", "pooled")
 HEADS = ("flatten", "mean", "attention")
 
 
-def reject_unknown(name: str, unknown: dict, takes: tuple[str, ...]) -> None:
-    """One-line ModelError for options a factory does not take."""
-    if unknown:
-        bad = ", ".join(sorted(unknown))
-        raise ModelError(f"'{name}' got unknown option(s) {bad}; it takes: {', '.join(takes)}.")
-
-
-def check_choice(option: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ModelError(f"{option}={value!r} is not one of {', '.join(map(repr, choices))}.")
+def _check_slice_axis(slice_axis: int) -> None:
+    if slice_axis not in (0, 1, 2) or isinstance(slice_axis, bool):
+        raise ModelError(f"slice_axis={slice_axis!r} is out of range: use 0 (D, axial), 1 (H) or 2 (W).")
 
 
 class ChannelAdapter(nn.Module):
@@ -161,8 +157,7 @@ class SlicesModel(nn.Module):
         grad_checkpoint: bool = False,
     ):
         super().__init__()
-        if slice_axis not in (0, 1, 2) or isinstance(slice_axis, bool):
-            raise ModelError(f"slice_axis={slice_axis!r} is out of range: use 0 (D, axial), 1 (H) or 2 (W).")
+        _check_slice_axis(slice_axis)
         check_choice("head", head, HEADS)
         self.in_chans, self.depth, self.slice_axis = in_chans, depth, slice_axis
         self.image_size = _pair(image_size)
@@ -245,18 +240,8 @@ class SlicesModel(nn.Module):
         return record
 
 
-def _pair(size) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, int) and not isinstance(size, bool):
-        pair = (size, size)
-    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
-        pair = (int(size[0]), int(size[1]))
-    else:
-        raise ModelError(f"image_size={size!r} must be an int or a pair of ints.")
-    if min(pair) < 1:
-        raise ModelError(f"image_size={size!r} must be positive.")
-    return pair
+def _pair(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    return None if size is None else int_tuple("image_size", size, 2, "a pair of ints")  # type: ignore[return-value]
 
 
 def timm_2d_backbone(base: str, *, pretrained: bool, weights: str | None, features: Features,
@@ -366,8 +351,7 @@ def slices_model(
     check_choice("features", features, FEATURES)
     check_choice("head", head, HEADS)
     check_choice("channel_mode", channel_mode, CHANNEL_MODES)
-    if slice_axis not in (0, 1, 2) or isinstance(slice_axis, bool):
-        raise ModelError(f"slice_axis={slice_axis!r} is out of range: use 0 (D, axial), 1 (H) or 2 (W).")
+    _check_slice_axis(slice_axis)
     if not isinstance(depth, int) or depth < 1:
         raise ModelError(f"depth={depth!r} must be a positive number of slices.")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 0):

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import ModelError, register_model
+from models.options import reject_unknown
+from models.registry import register_model
 from models.weights import weights_or_scratch
 
 __all__ = ["KerasStyleCNN"]
@@ -57,8 +58,7 @@ class KerasStyleCNN(nn.Module):
 
 
 def _build(name: str, convs, dense, grid, min_size, num_classes, in_chans, pretrained, weights, kwargs):
-    if kwargs:
-        raise ModelError(f"Model '{name}' takes no options (given: {', '.join(kwargs)}).")
+    reject_unknown(name, kwargs)
     model = KerasStyleCNN(convs, dense, grid, min_size, in_chans=in_chans, num_classes=num_classes)
     return weights_or_scratch(model, name, weights, pretrained, head="head", first_conv="features.0")
 

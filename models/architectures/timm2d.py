@@ -27,11 +27,8 @@ Torchvision-only architectures from the MedMNIST studies (`alexnet`, `squeezenet
 first conv rebuilt for `in_chans != 3`; `weights=FILE` loads a torchvision state dict (for example
 `alexnet-owt-7be5be79.pth`) with the stem adapted and the 1000-class head dropped.
 
-Input size: `input_size(model)` gives the side length a model should be fed at by default (the
-pretrained config's input size, 224 for most, 299 for inception, or a ViT's `img_size`; None for
-MedMNIST-native models that train at the dataset's own size); `fixed_input_size(model)` says whether
-another size would fail (ViT-style patch embeddings). The trainer upsamples to `input_size` unless
-told otherwise.
+Both kinds carry a timm-style `pretrained_cfg` (input size, mean, std, ...), which
+`models.inputs.input_size` / `fixed_input_size` read.
 """
 
 from __future__ import annotations
@@ -42,10 +39,12 @@ from pathlib import Path
 import timm
 import torch.nn as nn
 
-from models.registry import ModelError, register_model, set_fallback
+from models.errors import ModelError
+from models.options import unexpected_option
+from models.registry import register_model, set_fallback
 from models.weights import _few, _one_line, load_weights, read_shapes, read_state_dict
 
-__all__ = ["TORCHVISION_ONLY", "create_timm_model", "fixed_input_size", "input_size", "is_known"]
+__all__ = ["TORCHVISION_ONLY", "create_timm_model", "is_known"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,46 +63,7 @@ def is_known(name: str) -> bool:
     return name in _TORCHVISION or timm.is_model(name)
 
 
-# --- input size -----------------------------------------------------------------------------------
-
-
-def _cfg(model: nn.Module) -> dict:
-    return getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-
-
-def input_size(model: nn.Module) -> int | None:
-    """Side length (px) to feed `model` at by default, or None when it has no preference.
-
-    ViT-style models report their patch embedding's `img_size` (so `img_size=112` is honoured);
-    other timm and torchvision models the `input_size` of their pretrained config (224, 299 for
-    inception, ...); models without a pretrained config (medmnist-resnet*, small-cnn) None: they
-    train at the dataset's own size.
-    """
-    img = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img is not None:
-        return int(img[-1]) if isinstance(img, (tuple, list)) else int(img)
-    size = _cfg(model).get("input_size")
-    return int(size[-1]) if size else None
-
-
-def fixed_input_size(model: nn.Module) -> bool:
-    """True when `model` only accepts `input_size(model)` (e.g. ViTs without `dynamic_img_size`)."""
-    if getattr(model, "dynamic_img_size", False):
-        return False
-    pe = getattr(model, "patch_embed", None)
-    if pe is not None and getattr(pe, "strict_img_size", None) is False:
-        return False
-    return bool(_cfg(model).get("fixed_input_size", False))
-
-
 # --- timm fallback ----------------------------------------------------------------------------------
-
-
-def _kwargs_error(name: str, kwargs: dict, err: TypeError) -> ModelError | None:
-    m = re.search(r"unexpected keyword argument '([^']+)'", str(err))
-    if m and kwargs:
-        return ModelError(f"Model '{name}' does not take option '{m.group(1)}' (given: {', '.join(kwargs)}).")
-    return None
 
 
 def _download_hint(name: str) -> str:
@@ -160,7 +120,7 @@ def _timm_from_file(name: str, num_classes: int, in_chans: int, path: Path, kwar
             pretrained_cfg_overlay=dict(source, num_classes=rows, label_offset=0), **kwargs,
         )
     except TypeError as e:
-        raise _kwargs_error(name, kwargs, e) or e
+        raise unexpected_option(name, kwargs, e) or e
     except RuntimeError as e:  # load_state_dict: missing / unexpected / size mismatch
         raise _load_error(name, str(path), e) from e
     model.pretrained_cfg.pop("state_dict", None)  # do not keep a copy of the weights around
@@ -188,7 +148,7 @@ def create_timm_model(
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except TypeError as e:
-        raise _kwargs_error(name, kwargs, e) or e
+        raise unexpected_option(name, kwargs, e) or e
     except Exception as e:
         if not pretrained:
             raise
@@ -212,7 +172,7 @@ def _torchvision_factory(arch: str):
         try:
             model = getattr(tvm, arch)(weights=None, num_classes=num_classes, **kwargs)
         except TypeError as e:
-            raise _kwargs_error(arch, kwargs, e) or e
+            raise unexpected_option(arch, kwargs, e) or e
         if in_chans != 3:
             old = model.features[0]
             model.features[0] = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding)

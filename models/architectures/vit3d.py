@@ -28,24 +28,17 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 from models.architectures.acs import acs_resnet, pooled_features
-from models.architectures.slices import check_choice, reject_unknown
-from models.registry import ModelError, register_model
+from models.errors import ModelError
+from models.options import check_choice, int_tuple, reject_unknown
+from models.registry import register_model
 from models.weights import load_weights, read_state_dict
 
 Pool = Literal["concat", "avg", "cls", "mean"]
 POOLS = ("concat", "avg", "cls", "mean")
 
 
-def _triple(v, what: str) -> tuple[int, int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        t = (v, v, v)
-    elif isinstance(v, (tuple, list)) and len(v) == 3 and all(isinstance(i, int) for i in v):
-        t = tuple(int(i) for i in v)
-    else:
-        raise ModelError(f"{what}={v!r} must be an int or three ints (D, H, W).")
-    if min(t) < 1:
-        raise ModelError(f"{what}={v!r} must be positive.")
-    return t  # type: ignore[return-value]
+def _triple(v: int | tuple[int, int, int], what: str) -> tuple[int, int, int]:
+    return int_tuple(what, v, 3, "three ints (D, H, W)")  # type: ignore[return-value]
 
 
 def volume_size(image_size=None, depth: int | None = None) -> tuple[int, int, int]:

@@ -51,7 +51,7 @@ class VlmGroup(TyperGroup):
         return super().format_help(ctx, formatter)
 
     def invoke(self, ctx):  # type: ignore[override]
-        from models.registry import ModelError
+        from models.errors import ModelError
 
         try:
             return super().invoke(ctx)

@@ -350,10 +350,10 @@ def models_cmd(as_json: JsonOpt = False) -> None:
 
     Example: [bold]vlm models --json[/]
     """
-    from models.registry import list_models
+    from models import list_models
     from vlm.encoders import list_aliases
 
-    rows = [{"name": e.name + (":" if _is_prefix(e.name) else ""), "dims": e.dims, "description": e.description}
+    rows = [{"name": e.name + (":" if e.is_prefix else ""), "dims": e.dims, "description": e.description}
             for e in list_models()]
     aliases = list_aliases()
     if as_json:
@@ -375,9 +375,3 @@ def models_cmd(as_json: JsonOpt = False) -> None:
     for a in aliases:
         enc.add_row(escape(a["name"]), a["backend"], escape(a["target"]), escape(a["description"]))
     out.print(enc)
-
-
-def _is_prefix(name: str) -> bool:
-    from models.registry import _PREFIXES
-
-    return name in _PREFIXES

@@ -30,7 +30,7 @@ from vlm.training.loop import TrainProgress, TrainResult, fit
 
 def check_model_dims(model_name: str, task: TaskSpec) -> None:
     """A 2D model on a 3D dataset (or the reverse) -> a VlmError naming the prefix to use."""
-    from models.registry import list_models, model_dims
+    from models import list_models, model_dims
 
     dims = model_dims(model_name)
     if dims == "3d" and not task.is_3d:
@@ -51,8 +51,8 @@ def fixed_input_size(model: nn.Module) -> int | None:
     the dataset's native size unless --image-size says otherwise.
     """
     try:
-        from models.architectures.timm2d import fixed_input_size as is_fixed
-        from models.architectures.timm2d import input_size
+        from models import fixed_input_size as is_fixed
+        from models import input_size
     except ImportError:
         return None
     try:
@@ -78,7 +78,7 @@ def build_transfer_model(model_name: str, task: TaskSpec, config: TrainConfig, *
     The slices model upsamples each slice itself (`--image-size` becomes its `image_size` option); a
     2D model with a fixed input size gets images resized to it.
     """
-    from models.registry import create_model
+    from models import create_model
 
     model_opts = dict(model_opts)
     resize = config.image_size  # the size the input pipeline resizes images or volumes to

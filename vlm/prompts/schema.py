@@ -1,31 +1,4 @@
-"""Prompt-set files: one YAML file per MedMNIST dataset, validated on load and expanded into prompts.
-
-File format (``prompts/<flag>.yaml``, shipped as package data of the ``prompts`` package)::
-
-    dataset: pneumoniamnist              # a medmnist.INFO flag
-    description: free text               # optional
-    classes: [normal, pneumonia]         # exactly medmnist.INFO's labels, in index order
-    names:                               # optional: the name(s) put in {label}; default: the class itself
-      normal: [healthy lungs, normal lungs]    # a list = several names, all ensembled
-    styles:
-      clip:                              # style names: lower case, digits, '-' and '_'
-        description: CLIP-style templates
-        templates: ["a chest X-ray showing {label}."]   # each holds {label} (the only placeholder)
-        names: {...}                     # optional: replaces the top-level names for this style
-        synonyms: {normal: [clear lungs]}               # optional: extra names, added to the names
-        prompts:                         # optional: explicit prompts per class, used as written
-          pneumonia: ["This X-ray shows signs of pneumonia."]
-
-A single-label style (binary, multi-class, ordinal) has ``templates`` and/or ``prompts``; every class
-must end up with at least one prompt. A multi-label style (chestmnist) puts ``templates``/``prompts``
-under ``positive:`` and ``negative:`` (both required), e.g.
-``positive: {templates: ["a chest X-ray showing {label}."]}``,
-``negative: {templates: ["a chest X-ray showing no {label}."]}``; ``names``/``synonyms`` stay at
-the style level and fill {label} on both sides.
-
-Expansion: the prompts of a class are ``[t.format(label=n) for t in templates for n in names]``
-followed by its explicit prompts, exact duplicates dropped (first kept). All prompts of a class form
-one ensemble (the zero-shot classifier averages their normalised text embeddings).
+"""Reading a prompt-set file (YAML, with line numbers) and validating it into a `PromptSet`.
 
 Every problem is a `VlmError` of the form ``FILE: FIELD (line N): message``.
 """
@@ -35,15 +8,14 @@ from __future__ import annotations
 import difflib
 import re
 import string
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import yaml
 
 from vlm.errors import VlmError
-from vlm.tasks import TaskSpec, _info, get_task
+from vlm.prompts.expand import PromptBlock, PromptSet, PromptStyle
+from vlm.tasks import TaskSpec, get_task
 
 PLACEHOLDERS = ("label",)
 TOP_KEYS = ("dataset", "description", "classes", "names", "styles")
@@ -54,172 +26,6 @@ SIDES = ("positive", "negative")
 _STYLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
-
-
-# ----------------------------------------------------------------------------- data types
-@dataclass(frozen=True)
-class PromptBlock:
-    """Templates (each with a ``{label}`` placeholder) and explicit prompts per class."""
-
-    templates: tuple[str, ...] = ()
-    prompts: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    def expand(self, cls: str, names: Sequence[str]) -> list[str]:
-        """Filled-in templates (template-major, then names) followed by the explicit prompts, no duplicates."""
-        filled = [t.format(label=n) for t in self.templates for n in names]
-        return list(dict.fromkeys(filled + list(self.prompts.get(cls, ()))))
-
-
-@dataclass(frozen=True)
-class PromptStyle:
-    """One named way of prompting a dataset.
-
-    `names` holds, per class, the names that fill ``{label}`` (top-level or style names, plus the
-    style's synonyms). Single-label styles keep their prompts in `positive`; multi-label styles also
-    have `negative` (the "finding absent" side of each label's pair).
-    """
-
-    name: str
-    description: str
-    names: dict[str, tuple[str, ...]]
-    positive: PromptBlock
-    negative: PromptBlock | None = None
-
-    @property
-    def is_pairs(self) -> bool:
-        return self.negative is not None
-
-    def expand_class(self, cls: str, side: str = "positive") -> list[str]:
-        block = self.positive if side == "positive" else self.negative
-        if block is None:
-            raise VlmError(f"Prompt style '{self.name}' has no {side} prompts.")
-        return block.expand(cls, self.names[cls])
-
-
-@dataclass(frozen=True, eq=False)
-class PromptSet:
-    """A validated prompt-set file.
-
-    - `expand(style)` (binary / multi-class / ordinal): one list of prompts per class, in class order.
-    - `expand_pairs(style)` (multi-label): one ``(positive prompts, negative prompts)`` pair per label.
-    """
-
-    dataset: str
-    classes: list[str]
-    styles: dict[str, PromptStyle]
-    path: Path
-    description: str = ""
-    names: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def task(self) -> TaskSpec:
-        return get_task(self.dataset)
-
-    @property
-    def style_names(self) -> list[str]:
-        return list(self.styles)
-
-    @property
-    def is_multi_label(self) -> bool:
-        return self.task.kind == "multi-label"
-
-    def resolve_styles(self, spec: str | Sequence[str]) -> list[str]:
-        """Style names from a name, a comma list ("clip,descriptive"), a list of those, or "all"."""
-        items = [spec] if isinstance(spec, str) else list(spec)
-        wanted = [s.strip() for item in items for s in str(item).split(",") if s.strip()]
-        available = ", ".join(self.style_names)
-        if not wanted:
-            raise VlmError(f"No prompt style given for {self.dataset}; available: {available} (or 'all').")
-        if "all" in wanted:
-            return self.style_names
-        for name in wanted:
-            if name not in self.styles:
-                close = difflib.get_close_matches(name, self.style_names, n=1, cutoff=0.6)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise VlmError(f"Unknown prompt style '{name}' in {self.path}.{hint} "
-                               f"Available: {available} (or 'all').")
-        return list(dict.fromkeys(wanted))
-
-    def _style(self, style: str) -> PromptStyle:
-        if style not in self.styles:
-            names = self.resolve_styles(style)  # raises for unknown names
-            if len(names) != 1:
-                raise VlmError(f"Expand one prompt style at a time, not '{style}'.")
-            style = names[0]
-        return self.styles[style]
-
-    def expand(self, style: str) -> list[list[str]]:
-        """Single-label kinds: the fully filled-in prompts of each class, in class order."""
-        if self.is_multi_label:
-            raise VlmError(f"{self.dataset} is multi-label: use expand_pairs() for (positive, negative) prompts.")
-        s = self._style(style)
-        return [s.expand_class(c) for c in self.classes]
-
-    def expand_pairs(self, style: str) -> list[tuple[list[str], list[str]]]:
-        """Multi-label: one (positive prompts, negative prompts) pair per label, in label order."""
-        if not self.is_multi_label:
-            raise VlmError(f"{self.dataset} is {self.task.kind}, not multi-label: use expand().")
-        s = self._style(style)
-        return [(s.expand_class(c, "positive"), s.expand_class(c, "negative")) for c in self.classes]
-
-    def counts(self, style: str) -> list[int] | list[tuple[int, int]]:
-        """Prompts per class (multi-label: (positive, negative) per label)."""
-        if self.is_multi_label:
-            return [(len(p), len(n)) for p, n in self.expand_pairs(style)]
-        return [len(p) for p in self.expand(style)]
-
-    def n_prompts(self, style: str) -> int:
-        """All expanded prompts of a style (multi-label: positive and negative)."""
-        return sum(sum(c) if isinstance(c, tuple) else c for c in self.counts(style))
-
-    def to_json(self, styles: str | Sequence[str] | None = None) -> dict[str, Any]:
-        """``{"dataset", "classes", "styles": {NAME: [[prompts of class 0], ...]}}``; multi-label:
-        each label is ``{"positive": [...], "negative": [...]}``. `styles` picks some (default all)."""
-        names = self.style_names if styles is None else self.resolve_styles(styles)
-        out: dict[str, Any] = {}
-        for name in names:
-            if self.is_multi_label:
-                out[name] = [{"positive": p, "negative": n} for p, n in self.expand_pairs(name)]
-            else:
-                out[name] = self.expand(name)
-        return {"dataset": self.dataset, "classes": list(self.classes), "styles": out}
-
-
-# ----------------------------------------------------------------------------- locating files
-def prompts_dir() -> Path:
-    """The folder of the shipped prompt files (the `prompts` package)."""
-    return Path(str(resources.files("prompts")))
-
-
-def shipped_prompt_file(flag: str) -> Path:
-    return prompts_dir() / f"{get_task(flag).flag}.yaml"
-
-
-def shipped_prompt_files() -> list[Path]:
-    """The shipped prompt files, in medmnist.INFO order (files for other names last, by name)."""
-    order = {flag: i for i, flag in enumerate(_info())}
-    return sorted(prompts_dir().glob("*.yaml"), key=lambda p: (order.get(p.stem, len(order)), p.name))
-
-
-def _looks_like_path(source: str) -> bool:
-    p = Path(source)
-    return p.suffix.lower() in (".yaml", ".yml") or "/" in source or "\\" in source or p.is_file()
-
-
-def load_prompt_set(source: str | Path, dataset: str | None = None) -> PromptSet:
-    """Load and validate a prompt set from a YAML path or a dataset flag (-> the shipped file).
-
-    With `dataset`, the file must be for that dataset (used for ``--prompts FILE`` next to a flag).
-    """
-    if isinstance(source, Path) or _looks_like_path(source):
-        return validate_prompt_set(Path(source), dataset)
-    task = get_task(source)
-    if dataset is not None and get_task(dataset).flag != task.flag:
-        raise VlmError(f"Prompt set '{task.flag}' was asked for dataset '{dataset}'.")
-    path = shipped_prompt_file(task.flag)
-    if not path.is_file():
-        raise VlmError(f"No shipped prompt file for {task.flag} (expected {path}); pass a YAML file instead.")
-    return validate_prompt_set(path, task.flag)
 
 
 # ----------------------------------------------------------------------------- reading YAML

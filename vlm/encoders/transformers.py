@@ -1,0 +1,181 @@
+"""The transformers backend: CLIP-style models (`get_image_features` / `get_text_features`) by hub id or folder.
+
+transformers is imported inside the loader. A hub id is read from the local HF cache when the hub is
+offline or unreachable; a local folder is the one `huggingface-cli download ID --local-dir DIR` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from vlm.encoders.base import TEXT_BATCH, Backend, Encoder, EncoderAlias, looks_like_path, make_preprocess, register_backend
+from vlm.encoders.checkpoints import load_strict, read_weights, weights_file_id
+from vlm.encoders.hub import hub_fetch, hub_local_only, transformers_offline_error
+from vlm.errors import VlmError, exception_summary
+from vlm.preprocess import Preprocess
+
+HF_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _features(out: Any) -> torch.Tensor:
+    """transformers >= 5 returns a ModelOutput from get_*_features (projected in pooler_output)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        pooled = out[0] if isinstance(out, (tuple, list)) else out["pooler_output"]
+    return pooled
+
+
+class _HFImageTower(nn.Module):
+    """Preprocessed images -> projected image features of a transformers CLIP-style model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if hasattr(model, "vision_model") and hasattr(model, "visual_projection"):
+            self.vision_model = model.vision_model
+            self.visual_projection = model.visual_projection
+            self.model = None
+        else:
+            self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model is not None:
+            return _features(self.model.get_image_features(pixel_values=x))
+        return self.visual_projection(self.vision_model(pixel_values=x).pooler_output)
+
+
+class TransformersEncoder(Encoder):
+    """A transformers CLIP-style model with its tokenizer (texts padded and truncated to `context_length`)."""
+
+    backend = "transformers"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, context_length: int | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=x))
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = list(texts)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), TEXT_BATCH):
+                enc = self.tokenizer(texts[i:i + TEXT_BATCH], padding=True, truncation=True,
+                                     max_length=self.context_length, return_tensors="pt")
+                kwargs = {"input_ids": enc["input_ids"].to(self.device)}
+                if "attention_mask" in enc:
+                    kwargs["attention_mask"] = enc["attention_mask"].to(self.device)
+                out.append(_features(self.model.get_text_features(**kwargs)).float())
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
+
+    def image_tower(self) -> nn.Module:
+        return _HFImageTower(self.model)
+
+
+# ----------------------------------------------------------------------------- names
+def _match_folder(raw: str) -> str | None:
+    """A local folder with config.json."""
+    path = Path(raw).expanduser()
+    return str(path) if path.is_dir() and (path / "config.json").is_file() else None
+
+
+def _match_hub_id(raw: str) -> str | None:
+    """`ORG/NAME`: a hub id."""
+    return raw if re.fullmatch(r"[\w.-]+/[\w.-]+", raw) else None
+
+
+# ----------------------------------------------------------------------------- loading
+def _preprocess(target: str, local: bool, model: nn.Module) -> Preprocess:
+    """Size, mean, std and interpolation from preprocessor_config.json (CLIPImageProcessor), else the config."""
+    cfg: dict[str, Any] = {}
+    try:
+        if local:
+            path = Path(target) / "preprocessor_config.json"
+            cfg = json.loads(path.read_text()) if path.is_file() else {}
+        else:
+            cfg = json.loads(Path(hub_fetch(target, "preprocessor_config.json")).read_text())
+    except Exception:  # noqa: BLE001 - fall back to the model config and CLIP's statistics
+        cfg = {}
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    vision_cfg = getattr(model.config, "vision_config", model.config)
+    size = cfg.get("crop_size") if cfg.get("do_center_crop", True) and cfg.get("crop_size") else cfg.get("size")
+    size = size or getattr(vision_cfg, "image_size", 224)
+    mean = tuple(cfg.get("image_mean", OPENAI_DATASET_MEAN)) if cfg.get("do_normalize", True) else (0.0, 0.0, 0.0)
+    std = tuple(cfg.get("image_std", OPENAI_DATASET_STD)) if cfg.get("do_normalize", True) else (1.0, 1.0, 1.0)
+    return make_preprocess(target, size, mean, std, cfg.get("resample", 3))
+
+
+def _from_pretrained(target: str, path: Path, local: bool) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) via AutoModel / AutoTokenizer, local files only when offline; clear errors."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = str(path) if local else target
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            local_only = local or hub_local_only()
+            model = AutoModel.from_pretrained(source, local_files_only=local_only)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except Exception as exc:  # noqa: BLE001
+        if local:
+            raise VlmError(f"Cannot load the transformers model in {path} ({exception_summary(exc)}): it needs "
+                           f"config.json, model.safetensors or pytorch_model.bin and the tokenizer files.") from None
+        raise transformers_offline_error(target, exc) from None
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise VlmError(f"{target} is a {type(model).__name__}, not a CLIP-style model (no get_image_features / "
+                       f"get_text_features). Image-only backbones load through timm.")
+    return model, tokenizer
+
+
+def _load(target: str, weights: Path | None, device: torch.device, alias: EncoderAlias | None) -> TransformersEncoder:
+    """Load a transformers CLIP-style model from a hub id or local folder, optionally with a weights file."""
+    path = Path(target).expanduser()
+    local = path.is_dir()
+    if not local and looks_like_path(target):
+        raise VlmError(f"Model folder {path} not found.")
+    model, tokenizer = _from_pretrained(target, path, local)
+    if weights is not None:
+        load_strict(model, read_weights(weights), target, weights, ignore_missing=("position_ids",))
+        weights_id = weights_file_id(weights)
+    elif local:
+        files = [path / n for n in HF_WEIGHT_NAMES if (path / n).is_file()]
+        weights_id = weights_file_id(files[0]) if files else f"local:{path.resolve().name}"
+    else:
+        commit = getattr(model.config, "_commit_hash", None)
+        weights_id = target + (f"@{commit[:12]}" if commit else "")
+    enc_id = f"transformers:{path.resolve().name}" if local else f"transformers:{target}"
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    cfg = model.config
+    text_cfg = getattr(cfg, "text_config", None)
+    context_length = getattr(text_cfg, "max_position_embeddings", None) if text_cfg is not None else None
+    embed_dim = getattr(cfg, "projection_dim", None) or _probe_dim(model, device)
+    scale = getattr(model, "logit_scale", None)
+    logit_scale = float(scale.detach().exp().float().cpu().item()) if isinstance(scale, torch.Tensor) else 100.0
+    return TransformersEncoder(model, tokenizer, context_length, id=enc_id, weights_id=weights_id,
+                               preprocess=_preprocess(str(path) if local else target, local, model),
+                               embed_dim=int(embed_dim), logit_scale=logit_scale, device=device,
+                               name=alias.name if alias else target, description=alias.description if alias else "")
+
+
+def _probe_dim(model: nn.Module, device: torch.device) -> int:
+    """The image feature size, from one blank image on `device` (models whose config has no projection_dim)."""
+    size = getattr(getattr(model.config, "vision_config", model.config), "image_size", 224)
+    blank = torch.zeros(1, 3, size, size, device=device)
+    with torch.inference_mode():
+        return int(_features(model.get_image_features(pixel_values=blank)).shape[-1])
+
+
+register_backend(Backend("transformers", _load, prefixes=("transformers:",),
+                         rules=((21, _match_folder), (50, _match_hub_id))))
