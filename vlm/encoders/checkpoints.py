@@ -36,7 +36,7 @@ def check_weights_file(weights: str | os.PathLike | None) -> Path | None:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The state dict in `path`, read by `models.weights.read_state_dict`; unreadable files are a VlmError."""
-    from models.registry import ModelError  # imported here: `import vlm.encoders` must not build models/
+    from models.errors import ModelError  # imported here: `import vlm.encoders` must not build models/
     from models.weights import read_state_dict
 
     try:
