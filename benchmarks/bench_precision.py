@@ -2,9 +2,9 @@
 
 For each `--models` entry the script builds the model as `vlm train` does (`create_model`, 2D models
 in channels-last layout), takes `--batch-size` real training images or volumes of `--dataset` through
-the trainer's own input pipeline (`vlm.train.InputPipeline`: to float, normalise, MedMNIST's shape
+the trainer's own input pipeline (`vlm.training.InputPipeline`: to float, normalise, MedMNIST's shape
 transform where it applies), and times `--steps` optimisation steps (Adam, cross-entropy) twice, from
-the same initial weights: once in fp32 and once under `vlm.train.autocast(device, True)`, the context
+the same initial weights: once in fp32 and once under `vlm.training.autocast(device, True)`, the context
 `fit` runs its forward passes in. Each side first takes `--warmup` untimed steps. The batch holds
 both classes in equal parts where the split has them. Printed: median seconds per step of each side,
 the ratio fp32 / bf16 (> 1: bf16 is faster), and the loss of the first step of each side, from the
@@ -31,7 +31,8 @@ from _common import add_common_args, now, print_table, setup
 from models import create_model
 from vlm.data import load_split
 from vlm.preprocess import medmnist_preprocess
-from vlm.train import InputPipeline, TrainConfig, autocast, seed_everything
+from vlm.runtime import seed_everything
+from vlm.training import InputPipeline, TrainConfig, autocast
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,12 +1,12 @@
-"""Training epoch time: our trainer (`vlm.train.train` -> `fit`) against a MedMNIST-style reference loop.
+"""Training epoch time: our trainer (`vlm.training.train` -> `fit`) against a MedMNIST-style reference loop.
 
 Both sides train the SAME model (same initial weights: each built by `seed_everything(seed)` then
-`models.create_model(name, K, in_chans=3)`, as `vlm.train.train` builds it) on the SAME data
+`models.create_model(name, K, in_chans=3)`, as `vlm.training.train` builds it) on the SAME data
 with the same optimizer (Adam, lr 1e-3, MedMNIST's MultiStepLR), batch size, loss, epochs and torch
 threads, one after the other in this one process, each after one warm-up optimisation step on a
 throw-away copy of the model.
 
-OURS       `vlm.train.train`, the function `vlm train` calls, which runs `vlm.train.fit`: the splits
+OURS       `vlm.training.train`, the function `vlm train` calls, which runs `vlm.training.fit`: the splits
            resident as uint8 tensors on the device, batches by indexing a shuffled order,
            preprocessing as tensor ops on the device (to float, grey->RGB, mean = std = 0.5), 2D
            models and batches in channels-last layout. Per epoch: train, score VAL (`predict` +
@@ -51,8 +51,9 @@ from models import create_model
 from vlm.data import load_split
 from vlm.losses import make_loss
 from vlm.preprocess import medmnist_preprocess
+from vlm.runtime import seed_everything
 from vlm.tasks import get_task
-from vlm.train import InputPipeline, TrainConfig, batch_starts, fixed_input_size, seed_everything, train
+from vlm.training import InputPipeline, TrainConfig, batch_starts, fixed_input_size, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -178,9 +179,9 @@ def run_reference(model, args, device, image_size) -> dict:
     return {"epochs": epochs, "end": end, "test_auc": final["test"][1], "steps": len(train_loader)}
 
 
-# ----------------------------------------------------------------------------- ours (vlm.train.fit)
+# ----------------------------------------------------------------------------- ours (vlm.training.fit)
 def run_ours(init: nn.Module, args, device, image_size, n_train: int, runs_dir: Path) -> dict:
-    """`vlm.train.train` (what `vlm train` calls): it seeds, builds the model from the registry (2D models
+    """`vlm.training.train` (what `vlm train` calls): it seeds, builds the model from the registry (2D models
     in channels-last layout), loads the splits and runs `fit`. Epoch times come from fit's progress events."""
     task = get_task(args.dataset)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer="adam",
@@ -231,7 +232,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = setup(args, "bench_train: training epoch time, vlm.train.train -> fit (ours) vs a MedMNIST-style loop (reference)")
+    device = setup(args, "bench_train: training epoch time, vlm.training.train -> fit (ours) vs a MedMNIST-style loop (reference)")
     task = get_task(args.dataset)
     if task.is_3d:
         sys.exit(f"{args.dataset} is 3D; the reference loop is MedMNIST's 2D script. Pick a 2D dataset.")
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
           "train, val and test (medmnist.Evaluator) + scheduler.step()")
     print("per epoch, OURS:      train (resident uint8, index batches, tensor preprocessing) + score val "
           "(predict + vlm.evaluate) + best.safetensors when better + last.pt + epochs.jsonl")
-    print(f"layout: ours as vlm.train.train sets it (channels-last 2D models and batches when written); reference "
+    print(f"layout: ours as vlm.training.train sets it (channels-last 2D models and batches when written); reference "
           f"{'channels-last (--reference-channels-last)' if args.reference_channels_last else 'default NCHW, as MedMNIST'}")
     print("end of run, REFERENCE: torch.save(best) + test() on train, val and test")
     print("end of run, OURS:      load best + score test with 1,000 bootstrap rounds + RunRecord (record.json, scores.npy)")

@@ -199,7 +199,7 @@ def test_timm_backbone_probe_and_cli(tmp_path):
 def test_full_finetune_resumes_identically(tmp_path):
     from safetensors.torch import load_file
 
-    from vlm.train import resume
+    from vlm.methods import resume
 
     write_synthetic(tmp_path, "breastmnist", separable=True)
     cfg = finetune_config(epochs=3, batch_size=16, image_size=32, **FAST)

@@ -18,12 +18,13 @@ from vlm.data import load_split
 from vlm.errors import VlmError
 from vlm.evaluate import evaluate
 from vlm.losses import balanced_class_weights, focal_bce, focal_loss, make_loss
+from vlm.methods import resume
 from vlm.preprocess import medmnist_preprocess, to_float
 from vlm.sampling import EpochSampler
 from vlm.tasks import get_task
-from vlm.train import (
+from vlm.training import (
     BEST_FILE, EPOCHS_FILE, LAST_FILE, InputPipeline, TrainConfig, TrainingInterrupted, batch_starts, fit, lr_factor,
-    predict, resume, train,
+    predict, train,
 )
 
 

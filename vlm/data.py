@@ -182,6 +182,12 @@ def load_split(
     )
 
 
+def load_splits(task: TaskSpec, size: int, data_root: str | os.PathLike | None,
+                download: bool = False) -> tuple[Split, Split, Split]:
+    """The train, val and test splits of a dataset at a size (`load_split` of each)."""
+    return tuple(load_split(task, s, size, data_root, download=download) for s in ("train", "val", "test"))  # type: ignore[return-value]
+
+
 def dataset_info(
     flag: str,
     size: int = 28,

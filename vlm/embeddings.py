@@ -9,6 +9,9 @@ autocast, on CPU in fp32, always under `torch.inference_mode()`.
 slice embedding is L2-normalised, the slices of a volume are pooled (mean or max) and the result is
 renormalised. Counts and progress are in volumes.
 
+`EmbeddingPolicy` bundles those choices (slice axis, pool, encoding batch size, cache folder) for the
+methods that work on embeddings (zero-shot, the linear probe and kNN).
+
 Cache: one `<key>.safetensors` (tensor "embeddings") and a `<key>.json` sidecar that spells out the
 key, under `cache_dir` (default `$VLM_CACHE_DIR`, else `~/.cache/medvlm/embeddings`). The key is the
 sha256 of the encoder id and weights id, dataset, size, split, the preprocessing id, the 3D policy,
@@ -24,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,7 +47,7 @@ SLICE_AXES = {0: "D", 1: "H", 2: "W"}
 _FINGERPRINT_SAMPLES = 32
 _RESIDENT_LIMIT = 4 << 30  # move a split to the GPU whole when it is below 4 GiB
 
-Progress = Callable[[int], Any]
+EmbedProgress = Callable[[int], Any]
 
 
 def default_cache_dir() -> Path:
@@ -59,6 +63,30 @@ def check_policy(slice_axis: int, pool: str) -> None:
                        f"(C, D, H, W) volume.")
     if pool not in POOLS:
         raise VlmError(f"Unknown pooling '{pool}': use {' or '.join(POOLS)}.")
+
+
+@dataclass(frozen=True)
+class EmbeddingPolicy:
+    """How a split becomes (cached) image embeddings: 3D slice axis and pooling, encoding batch, cache folder."""
+
+    slice_axis: int = 0
+    pool: str = "mean"
+    batch_size: int = 256
+    cache_dir: str | os.PathLike | None = None  # None: `default_cache_dir()`
+
+    def check(self) -> None:
+        """Validate the 3D slice axis and pooling (raises VlmError)."""
+        check_policy(self.slice_axis, self.pool)
+
+    def volume_fields(self, is_3d: bool) -> dict[str, Any]:
+        """`{"slice_axis": .., "pool": ..}` for 3D data, else `{}`: the 3D policy as records and their
+        preprocessing entries store it."""
+        return {"slice_axis": self.slice_axis, "pool": self.pool} if is_3d else {}
+
+    def embed(self, encoder: Encoder, split: Split, progress: EmbedProgress | None = None) -> tuple[torch.Tensor, int]:
+        """`image_embeddings` of a split under this policy: (N, E) embeddings and the number encoded."""
+        return image_embeddings(encoder, split, batch_size=self.batch_size, cache_dir=self.cache_dir,
+                                slice_axis=self.slice_axis, pool=self.pool, progress=progress)
 
 
 def data_fingerprint(split: Split) -> str:
@@ -131,7 +159,7 @@ def _autocast(device: torch.device):
 
 
 def encode_split(encoder: Encoder, split: Split, *, batch_size: int = 256, slice_axis: int = 0, pool: str = "mean",
-                 progress: Progress | None = None) -> torch.Tensor:
+                 progress: EmbedProgress | None = None) -> torch.Tensor:
     """Encode every image (or volume) of a split: L2-normalised (N, E) float32 on the encoder's device."""
     check_policy(slice_axis, pool)
     if batch_size < 1:
@@ -172,7 +200,7 @@ def image_embeddings(
     cache_dir: str | os.PathLike | None = None,
     slice_axis: int = 0,
     pool: str = "mean",
-    progress: Progress | None = None,
+    progress: EmbedProgress | None = None,
     use_cache: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """L2-normalised (N, E) float32 embeddings of a split (on the encoder's device) and the number of

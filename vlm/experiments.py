@@ -7,7 +7,7 @@
       - {flag: vesselmnist3d, size: 28}
     methods:
       - name: resnet18-scratch
-        kind: train                      # train | finetune | zero-shot
+        kind: train                      # a kind of vlm.methods: train | finetune | zero-shot
         model: medmnist-resnet18
         datasets: [breastmnist]          # optional: restrict to some datasets
         options: {epochs: 10}            # options of `vlm train` / `vlm finetune` / `vlm zero-shot`
@@ -18,62 +18,22 @@ jobs that already have a finished record and an interrupted matrix resumes where
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vlm.errors import VlmError
+from vlm.methods import Job, Method, MethodError, get_method, method_kinds
 from vlm.results import RunRecord, load_runs
 from vlm.tasks import get_task
 
-KINDS = ("train", "finetune", "zero-shot")
 TOP_KEYS = {"name", "description", "seeds", "datasets", "methods", "runs_dir", "data_root", "device"}
 DATASET_KEYS = {"flag", "size"}
 METHOD_KEYS = {"name", "kind", "model", "weights", "mode", "prompts", "styles", "datasets", "options"}
 JOB_KEY = "experiment_job"
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    kind: str
-    model: str
-    weights: str | None = None
-    mode: str | None = None
-    prompts: str | None = None
-    styles: str = "all"
-    datasets: tuple[str, ...] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": self.model, "weights": self.weights, "mode": self.mode,
-                "prompts": self.prompts, "styles": self.styles, "options": self.options}
-
-
-@dataclass(frozen=True)
-class Job:
-    """One run of the matrix."""
-
-    method: Method
-    dataset: str
-    size: int
-    seed: int
-
-    @property
-    def key(self) -> str:
-        """Stable id of what this job computes (its method spec, dataset, size and seed)."""
-        blob = json.dumps({"spec": self.method.spec(), "dataset": self.dataset, "size": self.size,
-                           "seed": self.seed}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @property
-    def label(self) -> str:
-        return f"{self.method.name} · {self.dataset} {self.size}px · seed {self.seed}"
 
 
 @dataclass
@@ -133,17 +93,6 @@ class _Reader:
             raise self.fail(where, str(exc)) from None
 
 
-def _check_model(reader: _Reader, kind: str, model: str, where: tuple) -> None:
-    """Unknown models fail at load time, not an hour into the matrix."""
-    from models import ModelError, model_dims
-
-    if kind == "train":
-        try:
-            model_dims(model)
-        except ModelError as exc:
-            raise reader.fail(where, str(exc)) from None
-
-
 def load_experiment(path: str | os.PathLike) -> Experiment:
     """Parse and validate an experiment file; every error names the file and line."""
     path = Path(path)
@@ -179,14 +128,16 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         for key in ("name", "kind", "model"):
             if not entry.get(key):
                 raise reader.fail(where, f"method {i + 1} needs '{key}'.")
-        if entry["kind"] not in KINDS:
-            raise reader.fail(where + ("kind",), f"unknown kind '{entry['kind']}' (one of {', '.join(KINDS)}).")
+        if entry["kind"] not in method_kinds():
+            raise reader.fail(where + ("kind",), f"unknown kind '{entry['kind']}' (one of {', '.join(method_kinds())}).")
+        kind = get_method(entry["kind"])
         if entry["name"] in names:
             raise reader.fail(where + ("name",), f"method name '{entry['name']}' is used twice.")
         names.add(entry["name"])
-        if entry["kind"] == "finetune" and not entry.get("mode"):
-            raise reader.fail(where, "a finetune method needs 'mode' (linear-probe, knn, full or zs-init).")
-        _check_model(reader, entry["kind"], str(entry["model"]), where + ("model",))
+        try:
+            kind.check(str(entry["model"]), entry.get("mode"))
+        except MethodError as exc:
+            raise reader.fail(where + ((exc.key,) if exc.key else ()), str(exc)) from None
         restrict = None
         if entry.get("datasets") is not None:
             restrict = tuple(reader.dataset(f, where + ("datasets", j)) for j, f in enumerate(entry["datasets"]))
@@ -196,7 +147,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         options = entry.get("options") or {}
         if not isinstance(options, dict):
             raise reader.fail(where + ("options",), "options must be a mapping.")
-        allowed = job_options(entry["kind"])
+        allowed = kind.options
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise reader.fail(where + ("options", unknown[0]), f"unknown {entry['kind']} option '{unknown[0]}' "
@@ -230,47 +181,11 @@ def pending_jobs(experiment: Experiment, runs_dir: str | os.PathLike) -> list[Jo
     return [job for job in experiment.jobs() if job.key not in done]
 
 
-def job_options(kind: str) -> set[str]:
-    """The `options` a method of this kind accepts (the keyword arguments of its library call)."""
-    from dataclasses import fields
-
-    from vlm.train import TrainConfig
-
-    train_opts = {f.name for f in fields(TrainConfig)} - {"seed", "device"}
-    if kind == "train":
-        return train_opts | {"model_opts", "pretrained"}
-    if kind == "finetune":
-        return train_opts | {"k", "knn_weighting", "style", "zs_then", "slice_axis", "pool"}
-    return {"split", "batch_size", "slice_axis", "pool", "n_bootstrap"}
-
-
 def run_job(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str = "auto",
             cache_dir: str | os.PathLike | None = None) -> None:
-    """Run one job through the same library call as its CLI command; its records carry the job key."""
+    """Run one job through its method kind (the same library call as its CLI command); its records carry the job key."""
     from vlm.scoring import record_tags
-    from vlm.train import TrainConfig
 
-    method, opts = job.method, dict(job.method.options)
-    with record_tags(**{JOB_KEY: job.key, "experiment_method": method.name}):
-        if method.kind == "zero-shot":
-            from vlm.runtime import resolve_device
-            from vlm.zeroshot import run_zero_shot
-
-            run_zero_shot(job.dataset, method.model, weights=method.weights, prompts=method.prompts,
-                          styles=method.styles, size=job.size, data_root=data_root, device=str(resolve_device(device)),
-                          cache_dir=cache_dir, runs_dir=runs_dir, seed=job.seed, **opts)
-        elif method.kind == "finetune":
-            from vlm.finetune import finetune, finetune_config
-
-            extra = {k: opts.pop(k) for k in ("k", "knn_weighting", "style", "zs_then", "slice_axis", "pool") if k in opts}
-            finetune(job.dataset, method.model, mode=method.mode or "linear-probe",
-                     config=finetune_config(**opts, seed=job.seed, device=device), size=job.size,
-                     weights=method.weights, data_root=data_root, runs_dir=runs_dir, cache_dir=cache_dir,
-                     prompts=method.prompts, **extra)
-        else:
-            from vlm.train import train
-
-            model_opts, pretrained = opts.pop("model_opts", None), opts.pop("pretrained", None)
-            train(job.dataset, method.model, config=TrainConfig(**opts, seed=job.seed, device=device), size=job.size,
-                  weights=method.weights, pretrained=pretrained, model_opts=model_opts, data_root=data_root,
-                  runs_dir=runs_dir)
+    with record_tags(**{JOB_KEY: job.key, "experiment_method": job.method.name}):
+        get_method(job.method.kind).run(job, runs_dir=runs_dir, data_root=data_root, device=device,
+                                        cache_dir=cache_dir)

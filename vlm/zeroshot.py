@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm.data import load_split
-from vlm.embeddings import Progress, check_policy, image_embeddings
+from vlm.embeddings import EmbeddingPolicy, EmbedProgress
 from vlm.encoders import Encoder, load_encoder
 from vlm.errors import VlmError
 from vlm.files import atomic_save_npy, file_digest
@@ -129,7 +129,7 @@ def run_zero_shot(
     pool: str = "mean",
     n_bootstrap: int = 1000,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: EmbedProgress | None = None,
     record: bool = True,
     save_scores: str | os.PathLike | None = None,
     encoder: Encoder | None = None,
@@ -147,7 +147,8 @@ def run_zero_shot(
     """
     from vlm.scoring import record_run, score_split
 
-    check_policy(slice_axis, pool)
+    policy = EmbeddingPolicy(slice_axis, pool, batch_size, cache_dir)
+    policy.check()
     data = load_split(flag, split, size, data_root, download=download)
     task = data.task
     prompt_set = _load_prompts(task.flag, prompts)
@@ -158,8 +159,7 @@ def run_zero_shot(
     if not enc.has_text:
         enc.encode_texts([])  # image-only: one clear error before any work
     with Timer() as t_img:
-        emb, encoded = image_embeddings(enc, data, batch_size=batch_size, cache_dir=cache_dir, slice_axis=slice_axis,
-                                        pool=pool, progress=progress)
+        emb, encoded = policy.embed(enc, data, progress)
     prompt_file = Path(prompt_set.path)
     prompt_sha = file_digest(prompt_file)
     results = []
@@ -183,7 +183,7 @@ def run_zero_shot(
                 "n_prompts": prompt_set.n_prompts(style), "model_name": model, "encoder": enc.describe(),
                 "batch_size": batch_size, "device": str(enc.device), "n_bootstrap": n_bootstrap,
                 "images_encoded": encoded, "cache_dir": str(cache_dir) if cache_dir is not None else None,
-                **({"slice_axis": slice_axis, "pool": pool} if task.is_3d else {}),
+                **policy.volume_fields(task.is_3d),
             }
             rec = record_run(data, scores, metrics, method="zero-shot", model=enc.id, runs_dir=runs_dir,
                              weights_id=enc.weights_id, seed=seed, config=config,
@@ -191,7 +191,7 @@ def run_zero_shot(
                                       "text_classifier": round(t_text.seconds, 4), "style": round(t_style.seconds, 4)},
                              score_convention=SCORE_CONVENTION,
                              preprocessing={**enc.preprocess.to_dict(), "id": enc.preprocess.id,
-                                            **({"slice_axis": slice_axis, "pool": pool} if task.is_3d else {})})
+                                            **policy.volume_fields(task.is_3d)})
             result["run_dir"] = rec.path
         results.append(result)
     return results
@@ -214,7 +214,7 @@ def compare_prompts(
     pool: str = "mean",
     n_bootstrap: int = 1000,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: EmbedProgress | None = None,
     encoder: Encoder | None = None,
 ) -> list[dict[str, Any]]:
     """Rank every style of every prompt file on one split (default: val, for model selection), best AUC first
@@ -228,7 +228,8 @@ def compare_prompts(
 
     if not prompt_files:
         raise VlmError("Give at least one prompt file to compare (--prompts A.yaml B.yaml ...).")
-    check_policy(slice_axis, pool)
+    policy = EmbeddingPolicy(slice_axis, pool, batch_size, cache_dir)
+    policy.check()
     data = load_split(flag, split, size, data_root, download=download)
     task = data.task
     sets = []
@@ -237,8 +238,7 @@ def compare_prompts(
         check_prompt_set(ps, task)
         sets.append(ps)
     enc = encoder if encoder is not None else load_encoder(model, weights, device)
-    emb, _ = image_embeddings(enc, data, batch_size=batch_size, cache_dir=cache_dir, slice_axis=slice_axis,
-                              pool=pool, progress=progress)
+    emb, _ = policy.embed(enc, data, progress)
     rows = []
     for ps in sets:
         for style in ps.style_names:

@@ -103,7 +103,7 @@ def _given(**options: Any) -> dict[str, Any]:
 
 
 class _TrainProgress:
-    """A rich progress bar per epoch (live loss, last val AUC) driven by `vlm.train` events."""
+    """A rich progress bar per epoch (live loss, last val AUC) driven by `vlm.training` events."""
 
     def __init__(self, console: Console, label: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -214,9 +214,8 @@ def train_cmd(
     Example: [bold]vlm train vesselmnist3d --model acs:resnet18 --augment --json[/]
     Example: [bold]vlm train --resume runs/20250101-120000_breastmnist_train_small-cnn[/]
     """
-    from vlm.train import TrainConfig, parse_model_opts
-    from vlm.train import resume as resume_run
-    from vlm.train import train
+    from vlm.methods import resume as resume_run
+    from vlm.training import TrainConfig, parse_model_opts, train
 
     opts = _given(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, optimizer=optimizer,
                   weight_decay=weight_decay, scheduler=scheduler, lr_gamma=lr_gamma, warmup_epochs=warmup_epochs,
@@ -312,7 +311,7 @@ def finetune_cmd(
     Example: [bold]vlm finetune breastmnist --model biomedclip --mode zs-init --style clip --epochs 5[/]
     """
     from vlm.finetune import finetune, finetune_config
-    from vlm.train import resume as resume_run
+    from vlm.methods import resume as resume_run
 
     opts = _given(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, optimizer=optimizer,
                   weight_decay=weight_decay, scheduler=scheduler, lr_gamma=lr_gamma, warmup_epochs=warmup_epochs,

@@ -1,0 +1,366 @@
+"""The one training loop, `fit`: transfer models (2D and 3D) and fine-tuned encoder towers.
+
+`fit(model, train, val, test, config, ...)` trains on a resident split (uint8 on the device, batches
+by indexing, preprocessing as tensor ops), scores VAL after every epoch with `vlm.evaluate`, keeps
+the checkpoint with the best validation AUC, and at the end scores TEST once with that checkpoint
+through `vlm.scoring` (one RunRecord in the run folder; files: `vlm.training.checkpoint`).
+
+Determinism: `seed` seeds Python, NumPy and torch; the epoch order, augmentation and shape transform
+draw from their own CPU generators, and the global RNG state (dropout, drop-path) is saved with every
+`last.pt`. On the CPU a run interrupted and resumed ends identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from vlm.data import Split
+from vlm.errors import VlmError
+from vlm.evaluate import Metrics, evaluate
+from vlm.files import finite_or_none
+from vlm.losses import make_loss
+from vlm.preprocess import Preprocess, medmnist_preprocess
+from vlm.results import RunRecord, new_run_dir
+from vlm.runtime import resolve_device, seed_everything
+from vlm.sampling import EpochSampler
+from vlm.training.checkpoint import (
+    BEST_FILE, EPOCHS_FILE, LAST_FILE, load_best, restore_last, save_best, save_last, write_epochs,
+)
+from vlm.training.config import TrainConfig, check_batch_size
+from vlm.training.loggers import Loggers, check_log
+from vlm.training.optim import build_optimizer, build_scheduler
+from vlm.training.pipeline import InputPipeline, autocast, batch_starts, predict, uses_bf16
+
+
+@dataclass
+class TrainEvent:
+    """What the `progress` callback receives: stage 'start', 'batch', 'epoch', 'test' or 'done'."""
+
+    stage: str
+    epoch: int  # 1-based epoch being trained (0 before the first)
+    epochs: int
+    batch: int = 0
+    batches: int = 0
+    loss: float | None = None  # running mean training loss of the epoch
+    val_auc: float | None = None
+    val_acc: float | None = None
+    best_auc: float | None = None
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+TrainProgress = Callable[[TrainEvent], None]
+
+
+@dataclass
+class TrainResult:
+    """The outcome of `fit`: finished runs carry the test metrics and the RunRecord."""
+
+    run_dir: Path
+    finished: bool
+    epochs_run: int
+    best_epoch: int
+    best_val_auc: float | None
+    history: list[dict[str, Any]]
+    seconds: float
+    seconds_per_epoch: float
+    stop_reason: str
+    metrics: Metrics | None = None
+    record: RunRecord | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The `--json` object of `vlm train` / `vlm finetune`."""
+        m = self.metrics.to_dict() if self.metrics is not None else {}
+        return {
+            "auc": m.get("auc"), "acc": m.get("acc"), "auc_ci": m.get("auc_ci"), "acc_ci": m.get("acc_ci"),
+            "balanced_acc": m.get("balanced_acc"), "n": m.get("n"),
+            "best_epoch": self.best_epoch, "best_val_auc": self.best_val_auc, "epochs_run": self.epochs_run,
+            "stop_reason": self.stop_reason, "seconds": round(self.seconds, 3),
+            "seconds_per_epoch": round(self.seconds_per_epoch, 3), "finished": self.finished,
+            "run_dir": str(self.run_dir),
+            "method": self.record.method if self.record else None, "model": self.record.model if self.record else None,
+            "dataset": self.record.dataset if self.record else None,
+        }
+
+
+class TrainingInterrupted(VlmError):
+    """Ctrl-C during training: `last.pt` holds the last completed epoch; the message says how to resume."""
+
+    exit_code = 130
+
+
+@dataclass
+class _State:
+    """The loop's progress, saved in last.pt."""
+
+    epoch: int = 0  # completed epochs
+    best_auc: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    stop_reason: str = ""
+
+
+@dataclass
+class _Trainer:
+    """What one `fit` call trains with (the splits already on the device)."""
+
+    model: nn.Module
+    train: Split
+    val: Split
+    config: TrainConfig
+    device: torch.device
+    run_dir: Path
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    sampler: EpochSampler
+    pipeline: InputPipeline
+    starts: list[int]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    emit: TrainProgress
+    state: _State
+    saved_epoch: int = 0  # the epoch last.pt holds
+
+    def event(self, stage: str, epoch: int, **values: Any) -> None:
+        """Send a TrainEvent that carries the best epoch so far."""
+        self.emit(TrainEvent(stage, epoch, self.config.epochs, best_auc=finite_or_none(self.state.best_auc),
+                             best_epoch=self.state.best_epoch, **values))
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    test: Split,
+    config: TrainConfig,
+    *,
+    model_name: str,
+    preprocess: Preprocess | None = None,
+    run_dir: str | os.PathLike | None = None,
+    runs_dir: str | os.PathLike = "runs",
+    method: str = "train",
+    weights_id: str | None = None,
+    extra_config: dict[str, Any] | None = None,
+    log: Iterable[str] = (),
+    progress: TrainProgress | None = None,
+    max_epochs_this_call: int | None = None,
+    resume_hint: str | None = None,
+) -> TrainResult:
+    """Train `model` on `train`, select on `val` AUC, score `test` once with the best checkpoint.
+
+    Args:
+        model: maps a preprocessed batch to (B, K) logits (K = classes, or labels for multi-label).
+        train, val, test: resident splits of one dataset (moved to the device here).
+        config: the options (resolved against the task here).
+        model_name: recorded as the RunRecord's model (a model name or an encoder id).
+        preprocess: uint8 batch -> model input; default MedMNIST's (mean = std = 0.5, grey -> RGB,
+            resized to `config.image_size` when set).
+        run_dir: the run folder; when it holds a `last.pt` the run resumes from it. Default: a new
+            folder under `runs_dir`.
+        method: the RunRecord's method ("train", or a fine-tuning mode).
+        extra_config: more entries for the record's config (model options, mode, ...).
+        log: "tensorboard" and/or "wandb" (VlmError when asked and not installed).
+        progress: called with a `TrainEvent` per batch and per epoch (nothing is printed here).
+        max_epochs_this_call: stop (resumably) after this many epochs in this call; for tests and
+            time-sliced jobs. The result then has `finished=False` and no test metrics.
+        resume_hint: the command that resumes this run, for the Ctrl-C message.
+
+    Returns:
+        A TrainResult; finished runs carry the test Metrics and the RunRecord (method, model, config,
+        seed, timings, best_epoch, epochs_run, preprocessing).
+
+    Example:
+        >>> net = create_model("small-cnn", num_classes=2)                          # doctest: +SKIP
+        >>> fit(net, train, val, test, TrainConfig(epochs=3), model_name="small-cnn")  # doctest: +SKIP
+    """
+    task = train.task
+    config = config.resolved(task)
+    check_batch_size(config.batch_size, train)
+    device = resolve_device(config.device)
+    check_log(log)
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(runs_dir, f"{task.flag}_{method}_{model_name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_hint = resume_hint or f"vlm train --resume {run_dir}"
+    trainer = _setup(model, train, val, config, device, run_dir, preprocess or medmnist_preprocess(config.image_size),
+                     progress or (lambda event: None))
+    record_config = {**config.to_dict(), **(extra_config or {}), "device_used": str(device),
+                     "precision": "bf16-autocast" if uses_bf16(device, config.amp) else "fp32"}
+    loggers = Loggers(log, run_dir, record_config)
+    state = trainer.state
+    try:
+        trainer.emit(TrainEvent("start", state.epoch, config.epochs, batches=len(trainer.starts),
+                                best_auc=state.best_auc, best_epoch=state.best_epoch))
+        epochs_this_call = 0
+        while state.epoch < config.epochs and not state.stop_reason:
+            if max_epochs_this_call is not None and epochs_this_call >= max_epochs_this_call:
+                return _result(run_dir, state, finished=False)
+            _run_epoch(trainer, loggers)
+            epochs_this_call += 1
+        state.stop_reason = state.stop_reason or "completed"
+        return _score_test(trainer, test, record_config, loggers, method=method, model_name=model_name,
+                           weights_id=weights_id)
+    except KeyboardInterrupt:
+        raise _interrupted(trainer, resume_hint) from None
+    finally:
+        loggers.close()
+
+
+def _setup(model: nn.Module, train: Split, val: Split, config: TrainConfig, device: torch.device, run_dir: Path,
+           preprocess: Preprocess, emit: TrainProgress) -> _Trainer:
+    """Seed, move model and splits to the device, build loss, sampler, pipeline, optimizer and schedule,
+    and restore last.pt when the run folder has one (in this order: it fixes what the seed draws)."""
+    seed_everything(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model.to(device)
+    task = train.task
+    train_d, val_d = train.to(device), val.to(device)
+    loss_fn = make_loss(config.loss, task, gamma=config.gamma, class_counts=train.class_counts(), device=device)
+    sampler = EpochSampler(config.sampler, task, train.labels, seed=config.seed)
+    pipeline = InputPipeline(preprocess, is_3d=task.is_3d, config=config)
+    starts = batch_starts(len(sampler), config.batch_size)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, len(starts))
+    state = _State()
+    if (run_dir / LAST_FILE).is_file():
+        state = _State(**restore_last(run_dir / LAST_FILE, model=model, optimizer=optimizer, scheduler=scheduler,
+                                      sampler=sampler, pipeline=pipeline))
+    return _Trainer(model=model, train=train_d, val=val_d, config=config, device=device, run_dir=run_dir,
+                    loss_fn=loss_fn, sampler=sampler, pipeline=pipeline, starts=starts, optimizer=optimizer,
+                    scheduler=scheduler, emit=emit, state=state, saved_epoch=state.epoch)
+
+
+def _run_epoch(t: _Trainer, loggers: Loggers) -> None:
+    """Train one epoch, score val, keep the best weights, write epochs.jsonl and last.pt, log, report."""
+    state, config = t.state, t.config
+    epoch = state.epoch + 1
+    t0 = time.perf_counter()
+    lr_used = t.optimizer.param_groups[-1]["lr"]  # the head's (or only) LR at the epoch's first step
+    train_loss = _train_epoch(t, epoch)
+    val_scores = predict(t.model, t.val, t.pipeline, batch_size=config.eval_batch_size, device=t.device,
+                         amp=config.amp)
+    if not bool(torch.isfinite(val_scores).all()):
+        raise _non_finite(epoch, None, t.run_dir, state)
+    val_metrics = evaluate(t.train.task, t.val.labels, val_scores, n_bootstrap=0)
+    seconds = time.perf_counter() - t0
+    better = _is_better(val_metrics.auc, state)
+    if better:
+        save_best(t.model, t.run_dir / BEST_FILE, {"epoch": str(epoch), "val_auc": str(val_metrics.auc)})
+        state.best_auc, state.best_epoch, state.bad_epochs = val_metrics.auc, epoch, 0
+    else:
+        state.bad_epochs += 1
+    row = {"epoch": epoch, "train_loss": train_loss, "val_auc": finite_or_none(val_metrics.auc),
+           "val_acc": finite_or_none(val_metrics.acc), "lr": lr_used,
+           "seconds": round(seconds, 4), "best": better}
+    state.history.append(row)
+    state.epoch = epoch
+    state.train_seconds += seconds
+    if config.patience and state.bad_epochs >= config.patience and epoch < config.epochs:
+        state.stop_reason = "early-stopping"
+    write_epochs(t.run_dir / EPOCHS_FILE, state.history)
+    save_last(t.run_dir / LAST_FILE, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, sampler=t.sampler,
+              pipeline=t.pipeline, state=asdict(state), config=config.to_dict())
+    t.saved_epoch = epoch
+    loggers.epoch(row)
+    t.event("epoch", epoch, batches=len(t.starts), loss=train_loss, val_auc=row["val_auc"], val_acc=row["val_acc"],
+            seconds=seconds)
+
+
+def _train_epoch(t: _Trainer, epoch: int) -> float:
+    """One pass over the sampler's epoch order; returns the mean training loss."""
+    t.model.train()
+    order = t.sampler.epoch_indices().to(t.device)
+    batch_size = t.config.batch_size
+    total, count = 0.0, 0
+    for i, start in enumerate(t.starts):
+        idx = order[start:start + batch_size]
+        x = t.pipeline(t.train.images[idx], True)
+        y = t.train.labels[idx]
+        with autocast(t.device, t.config.amp):
+            logits = t.model(x)
+        loss = t.loss_fn(logits.float(), y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise _non_finite(epoch, i + 1, t.run_dir, t.state)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.optimizer.step()
+        t.scheduler.step()
+        total += value * len(idx)
+        count += len(idx)
+        t.event("batch", epoch, batch=i + 1, batches=len(t.starts), loss=total / count)
+    return total / max(count, 1)
+
+
+def _score_test(t: _Trainer, test: Split, record_config: dict[str, Any], loggers: Loggers, *, method: str,
+                model_name: str, weights_id: str | None) -> TrainResult:
+    """Score the test split once with the best checkpoint and write the RunRecord."""
+    from vlm.scoring import record_run, score_split
+
+    state, config = t.state, t.config
+    t.event("test", state.epoch)
+    t0 = time.perf_counter()
+    load_best(t.model, t.run_dir / BEST_FILE)
+    test_d = test.to(t.device)
+    scores = predict(t.model, test_d, t.pipeline, batch_size=config.eval_batch_size, device=t.device, amp=config.amp)
+    metrics = score_split(test_d, scores, n_bootstrap=config.n_bootstrap, seed=config.seed)
+    test_seconds = time.perf_counter() - t0
+    result = _result(t.run_dir, state, finished=True)
+    record_config.update(best_epoch=state.best_epoch, best_val_auc=finite_or_none(state.best_auc),
+                         epochs_run=state.epoch, stop_reason=state.stop_reason)
+    result.metrics = metrics
+    result.record = record_run(
+        test_d, scores, metrics, method=method, model=model_name, runs_dir=t.run_dir.parent, run_dir=t.run_dir,
+        weights_id=weights_id, seed=config.seed, config=record_config,
+        timings={"seconds": round(state.train_seconds + test_seconds, 4),
+                 "train_seconds": round(state.train_seconds, 4),
+                 "seconds_per_epoch": round(result.seconds_per_epoch, 4),
+                 "test_seconds": round(test_seconds, 4)},
+        preprocessing=t.pipeline.describe(),
+    )
+    result.seconds = state.train_seconds + test_seconds
+    loggers.test(metrics.to_dict())
+    t.event("done", state.epoch, val_auc=finite_or_none(state.best_auc))
+    return result
+
+
+def _is_better(auc: float, state: _State) -> bool:
+    if state.best_epoch == 0:
+        return True
+    if not math.isfinite(auc):
+        return False
+    return state.best_auc is None or not math.isfinite(state.best_auc) or auc > state.best_auc
+
+
+def _result(run_dir: Path, state: _State, finished: bool) -> TrainResult:
+    n = len(state.history)
+    return TrainResult(run_dir=run_dir, finished=finished, epochs_run=state.epoch, best_epoch=state.best_epoch,
+                       best_val_auc=finite_or_none(state.best_auc), history=list(state.history),
+                       seconds=state.train_seconds, seconds_per_epoch=state.train_seconds / n if n else 0.0,
+                       stop_reason=state.stop_reason or "paused")
+
+
+def _interrupted(t: _Trainer, resume_hint: str) -> TrainingInterrupted:
+    """The Ctrl-C error: where it stopped, what last.pt holds, and the command that continues."""
+    epochs = t.config.epochs
+    done = f"last.pt holds epoch {t.saved_epoch}" if (t.run_dir / LAST_FILE).is_file() else "no epoch was completed"
+    where = (f"during epoch {t.saved_epoch + 1} of {epochs}" if t.saved_epoch < epochs
+             else "while scoring the test split")
+    return TrainingInterrupted(f"Interrupted {where} ({done}). Continue with: {resume_hint}")
+
+
+def _non_finite(epoch: int, batch: int | None, run_dir: Path, state: _State) -> VlmError:
+    where = f"epoch {epoch}" + (f", batch {batch}" if batch is not None else " (validation scores)")
+    kept = (f"The last good checkpoint is {run_dir / LAST_FILE} (epoch {state.epoch}) and the best is "
+            f"{run_dir / BEST_FILE} (epoch {state.best_epoch})." if state.epoch else "No epoch completed.")
+    return VlmError(f"Training stopped: the loss became non-finite (NaN/inf) in {where}. {kept} "
+                    f"Try a lower --lr, --loss ce, or --device cpu without bf16.")

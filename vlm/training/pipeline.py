@@ -1,0 +1,92 @@
+"""From a resident uint8 split to model input and scores: batches, the input pipeline, bf16 autocast, predict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from vlm.augment import Augment2D, Augment3D, ShapeTransform
+from vlm.data import Split
+from vlm.preprocess import Preprocess, channels_last, to_float
+from vlm.training.config import TrainConfig
+
+
+def batch_starts(n_rows: int, batch_size: int) -> list[int]:
+    """Start rows of the batches of an epoch; a trailing batch of one row is dropped (BatchNorm needs 2)."""
+    starts = list(range(0, n_rows, batch_size))
+    if len(starts) > 1 and n_rows - starts[-1] == 1:
+        starts.pop()
+    return starts
+
+
+class InputPipeline:
+    """uint8 batch -> model input: to float, shape transform, augmentation (training), then `preprocess`."""
+
+    def __init__(self, preprocess: Preprocess, *, is_3d: bool, config: TrainConfig) -> None:
+        self.preprocess = preprocess
+        self.augment: Augment2D | Augment3D | None = None
+        if config.augment:
+            ops = tuple(op for op in config.augment_3d.split(",") if op)
+            self.augment = Augment3D(ops, seed=config.seed + 1) if is_3d else Augment2D(seed=config.seed + 1)
+        self.shape = ShapeTransform(seed=config.seed + 2) if config.shape_transform else None
+
+    def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = to_float(images)
+        if self.shape is not None:
+            x = self.shape.train(x) if train else self.shape.eval(x)
+        if train and self.augment is not None:
+            x = self.augment(x)
+        return channels_last(self.preprocess(x))
+
+    def state_dict(self) -> dict:
+        """The augmentation and shape-transform RNG states (saved in last.pt)."""
+        return {"augment": self.augment.state_dict() if self.augment else None,
+                "shape": self.shape.state_dict() if self.shape else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved."""
+        if self.augment is not None and state.get("augment"):
+            self.augment.load_state_dict(state["augment"])
+        if self.shape is not None and state.get("shape"):
+            self.shape.load_state_dict(state["shape"])
+
+    def describe(self) -> dict[str, Any]:
+        """The preprocessing, shape transform and augmentation, as a RunRecord stores them."""
+        out = {**self.preprocess.to_dict(), "id": self.preprocess.id,
+               "shape_transform": "x*U(0,1) train, x*0.5 eval" if self.shape else None,
+               "augment": None}
+        if isinstance(self.augment, Augment2D):
+            out["augment"] = {"2d": asdict(self.augment.spec)}
+        elif isinstance(self.augment, Augment3D):
+            out["augment"] = {"3d": list(self.augment.ops)}
+        return out
+
+
+def uses_bf16(device: torch.device, amp: bool | None) -> bool:
+    """Whether forward passes run under bf16 autocast: `amp` None means on CUDA only."""
+    return device.type == "cuda" if amp is None else bool(amp)
+
+
+def autocast(device: torch.device, amp: bool | None) -> torch.autocast:
+    """The context `fit` runs forward passes in: bf16 autocast when `uses_bf16`, else a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, amp))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, pipeline: Callable[[torch.Tensor, bool], torch.Tensor], *,
+            batch_size: int = 256, device: torch.device | str = "cpu", amp: bool | None = None) -> torch.Tensor:
+    """Scores (N, K) float32 on `device`: softmax probabilities, per-label sigmoid for multi-label."""
+    device = torch.device(device)
+    model.eval()
+    images = split.images.to(device)
+    outs = []
+    for start in range(0, len(images), batch_size):
+        x = pipeline(images[start:start + batch_size], False)
+        with autocast(device, amp):
+            logits = model(x)
+        outs.append(logits.float())
+    logits = torch.cat(outs)
+    return torch.sigmoid(logits) if split.task.kind == "multi-label" else torch.softmax(logits, dim=1)
