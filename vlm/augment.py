@@ -17,6 +17,10 @@ the batch is reproducible and resumable while the global (dropout) RNG stream is
 3D (`Augment3D`): per-volume flips along each of D, H, W (p = 0.5 each) and/or a rot90 in the H-W
 plane (k uniform in 0..3), chosen with `ops=("flip", "rot90")`.
 
+``part=(offset, total)` (data-parallel training): the batch is rows offset.. of a global batch of `total`
+rows; parameters are drawn for all `total` rows and this part's are applied, so that every rank
+applies what one process would, and every rank's generator stays in step.
+
 `ShapeTransform`: MedMNIST3D's transform for the shape datasets (adrenalmnist3d, vesselmnist3d;
 experiments repo, MedMNIST3D `Transform3D(mul=...)` with `--shape_transform`): voxels multiplied by
 one U(0, 1) draw per volume in training and by 0.5 at evaluation.
@@ -46,6 +50,15 @@ def _generator(seed: int) -> torch.Generator:
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+
+
+Part = tuple[int, int]  # (offset, total): a batch that is rows offset.. of a global batch of total rows
+
+
+def _rows(b: int, part: Part | None) -> tuple[int, slice]:
+    """How many rows to draw parameters for, and the rows of this batch among them."""
+    offset, total = part if part is not None else (0, b)
+    return total, slice(offset, offset + b)
 
 
 @dataclass(frozen=True)
@@ -94,10 +107,11 @@ class Augment2D:
         crop[:, 0, 0], crop[:, 1, 1], crop[:, 0, 2], crop[:, 1, 2] = w, h, cx, cy
         return (crop @ aff @ flip_m)[:, :2, :]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, part: Part | None = None) -> torch.Tensor:
         if x.dim() != 4:
             raise VlmError(f"2D augmentation expects (B, C, H, W), got shape {tuple(x.shape)}.")
-        theta = self.matrices(x.shape[0]).to(device=x.device, dtype=x.dtype)
+        total, rows = _rows(x.shape[0], part)
+        theta = self.matrices(total)[rows].to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -154,17 +168,18 @@ class Augment3D:
         self.ops = tuple(ops)
         self.generator = _generator(seed)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, part: Part | None = None) -> torch.Tensor:
         if x.dim() != 5:
             raise VlmError(f"3D augmentation expects (B, C, D, H, W), got shape {tuple(x.shape)}.")
         b, g = x.shape[0], self.generator
+        total, rows = _rows(b, part)
         view = (b, 1, 1, 1, 1)
         if "flip" in self.ops:
-            flips = (torch.rand(b, 3, generator=g) < 0.5).to(x.device)
+            flips = (torch.rand(total, 3, generator=g)[rows] < 0.5).to(x.device)
             for axis in range(3):
                 x = torch.where(flips[:, axis].view(view), x.flip(2 + axis), x)
         if "rot90" in self.ops:
-            k = torch.randint(0, 4, (b,), generator=g).to(x.device)
+            k = torch.randint(0, 4, (total,), generator=g)[rows].to(x.device)
             if x.shape[3] != x.shape[4]:
                 raise VlmError(f"rot90 needs square H-W slices, got {x.shape[3]}x{x.shape[4]}.")
             out = x
@@ -186,8 +201,9 @@ class ShapeTransform:
     def __init__(self, seed: int = 0) -> None:
         self.generator = _generator(seed)
 
-    def train(self, x: torch.Tensor) -> torch.Tensor:
-        mul = torch.rand(x.shape[0], generator=self.generator).to(device=x.device, dtype=x.dtype)
+    def train(self, x: torch.Tensor, part: Part | None = None) -> torch.Tensor:
+        total, rows = _rows(x.shape[0], part)
+        mul = torch.rand(total, generator=self.generator)[rows].to(device=x.device, dtype=x.dtype)
         return x * mul.view((-1,) + (1,) * (x.dim() - 1))
 
     @staticmethod

@@ -34,7 +34,9 @@ TrainWeightsOpt = Annotated[Optional[Path], typer.Option(
 EpochsOpt = Annotated[Optional[int], typer.Option(
     "--epochs", help="Training epochs \\[default: 10; MedMNIST's baselines used 100].", show_default=False)]
 TrainBatchOpt = Annotated[Optional[int], typer.Option(
-    "--batch-size", help="Training batch size \\[default: 128]; evaluation uses twice this.", show_default=False)]
+    "--batch-size", help="Training batch size \\[default: 128]; evaluation uses twice this. Under torchrun it is the "
+                         "global batch, split evenly over the processes (it must be divisible by their number).",
+    show_default=False)]
 LrOpt = Annotated[Optional[float], typer.Option(
     "--lr", help="Learning rate (of the head when --backbone-lr is set) \\[default: 1e-3].", show_default=False)]
 BackboneLrOpt = Annotated[Optional[float], typer.Option(
@@ -85,6 +87,9 @@ AmpOpt = Annotated[Optional[bool], typer.Option(
                            "(acs:resnet18 steps 2x faster on an AMD EPYC, EfficientNet slices 2.3x slower), less exact "
                            "\\[default: on for CUDA, off for CPU].",
     show_default=False)]
+SyncBnOpt = Annotated[Optional[bool], typer.Option(
+    "--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm statistics over the global batch (synchronised "
+                                   "across processes) or per process \\[default: synchronised].", show_default=False)]
 TrainBootstrapOpt = Annotated[Optional[int], typer.Option(
     "--bootstrap", help="Bootstrap rounds for the test 95% CIs (0: none) \\[default: 1000].", show_default=False)]
 ResumeOpt = Annotated[Optional[Path], typer.Option(
@@ -108,10 +113,12 @@ class _TrainProgress:
     def __init__(self, console: Console, label: str) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from vlm.training.distributed import is_main_process
+
         self.label = label
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
-                                 transient=False)
+                                 transient=False, disable=not is_main_process())
         self.task: Any = None
         self.last = ""
         self.embed = EncodeProgress(self.progress, f"{label} encoding", stats="")
@@ -144,7 +151,10 @@ class _TrainProgress:
 
 def _report_training(result: Any, as_json: bool, title: str) -> None:
     from vlm import render
+    from vlm.training.distributed import is_main_process
 
+    if not is_main_process():  # torchrun: rank 0 reports
+        return
     summary = result.summary()
     if as_json:
         print_json(summary)
@@ -192,6 +202,7 @@ def train_cmd(
     patience: PatienceOpt = None,
     device: TrainDeviceOpt = None,
     amp: AmpOpt = None,
+    sync_bn: SyncBnOpt = None,
     bootstrap: TrainBootstrapOpt = None,
     model_opt: Annotated[Optional[list[str]], typer.Option(
         "--model-opt", help="Architecture option KEY=VALUE, repeatable (e.g. slice_axis=1, head=mean, in_chans=1).",
@@ -221,7 +232,7 @@ def train_cmd(
                   weight_decay=weight_decay, scheduler=scheduler, lr_gamma=lr_gamma, warmup_epochs=warmup_epochs,
                   loss=loss, gamma=gamma, sampler=sampler, augment=augment, augment_3d=augment_3d,
                   shape_transform=shape_transform, image_size=image_size, seed=seed, patience=patience,
-                  device=device, amp=amp, n_bootstrap=bootstrap)
+                  device=device, amp=amp, sync_bn=sync_bn, n_bootstrap=bootstrap)
     model_opts = parse_model_opts(model_opt) if model_opt else None
     console = err if as_json else out
     if resume is not None:
@@ -293,6 +304,7 @@ def finetune_cmd(
     patience: PatienceOpt = None,
     device: TrainDeviceOpt = None,
     amp: AmpOpt = None,
+    sync_bn: SyncBnOpt = None,
     bootstrap: TrainBootstrapOpt = None,
     resume: ResumeOpt = None,
     runs_dir: TrainRunsDirOpt = Path("runs"),
@@ -316,7 +328,7 @@ def finetune_cmd(
     opts = _given(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, optimizer=optimizer,
                   weight_decay=weight_decay, scheduler=scheduler, lr_gamma=lr_gamma, warmup_epochs=warmup_epochs,
                   loss=loss, gamma=gamma, sampler=sampler, augment=augment, image_size=image_size, seed=seed,
-                  patience=patience, device=device, amp=amp, n_bootstrap=bootstrap)
+                  patience=patience, device=device, amp=amp, sync_bn=sync_bn, n_bootstrap=bootstrap)
     k_value: Any = None if k is None else (k if k == "auto" else _int_or_error("--k", k))
     extra = _given(k=k_value, knn_weighting=knn_weighting, style=style, prompts=str(prompts) if prompts else None,
                    zs_then=zs_then, cache_dir=str(cache_dir) if cache_dir else None, slice_axis=slice_axis, pool=pool)

@@ -16,9 +16,11 @@ from vlm.errors import VlmError, exception_summary
 from vlm.finetune.heads import TowerClassifier, zero_shot_head
 from vlm.finetune.probe import KNN_WEIGHTINGS, L2_GRID, ZS_L2_EXTRA, knn, linear_probe
 from vlm.results import new_run_dir
-from vlm.runtime import resolve_device, seed_everything
+from vlm.runtime import seed_everything
 from vlm.tasks import TaskSpec, get_task
-from vlm.training import TrainConfig, TrainProgress, TrainResult, check_batch_size, fit, write_spec
+from vlm.training import TrainConfig, TrainProgress, TrainResult, check_batch_size, fit
+from vlm.training.checkpoint import create_run_dir
+from vlm.training.distributed import setup_distributed
 
 if TYPE_CHECKING:
     from vlm.encoders import Encoder
@@ -133,7 +135,11 @@ def finetune(
                        f"linear-probe or knn (pooled slice embeddings), or `vlm train {task.flag} --model "
                        f"slices:<timm name>`.")
     config = (config or finetune_config()).resolved(task)
-    device = resolve_device(config.device)
+    ctx, device = setup_distributed(config.device)
+    if ctx.world_size > 1 and not trains:
+        raise VlmError(f"--mode {mode}{' --zs-then linear-probe' if mode == 'zs-init' else ''} fits on cached "
+                       f"embeddings in one process: run it without torchrun (data-parallel is for --mode full "
+                       f"and zs-init).")
     train_s, val_s, test_s = load_splits(task, size, data_root, download)
     seed_everything(config.seed)
     enc = encoder if encoder is not None else load_encoder(model_name, weights, device)
@@ -163,11 +169,11 @@ def finetune(
                 model.head.weight.copy_(head_w.to(model.head.weight.device))
                 model.head.bias.zero_()
         if run_dir is None:
-            run_dir = new_run_dir(runs_dir, f"{task.flag}_{mode}_{enc.id}")
-            write_spec(Path(run_dir), {"entry": "finetune", "flag": task.flag, "model": model_name, "mode": mode,
-                                       "size": size, "weights": str(weights) if weights is not None else None,
-                                       "data_root": str(data_root) if data_root is not None else None,
-                                       "options": asdict(options), "config": config.to_dict()})
+            run_dir = create_run_dir(runs_dir, f"{task.flag}_{mode}_{enc.id}", {
+                "entry": "finetune", "flag": task.flag, "model": model_name, "mode": mode, "size": size,
+                "weights": str(weights) if weights is not None else None,
+                "data_root": str(data_root) if data_root is not None else None, "options": asdict(options),
+                "config": config.to_dict()})
         return fit(model, train_s, val_s, test_s, config, model_name=enc.id, preprocess=enc.preprocess,
                    run_dir=run_dir, method=mode, weights_id=enc.weights_id,
                    extra_config={**base_config, **({"style": used_style} if used_style else {})},

@@ -52,7 +52,8 @@ class TrainConfig:
     patience: int | None = None  # early stopping: epochs without a better val AUC (None/0: off)
     device: str = "auto"
     amp: bool | None = None  # bf16 autocast: None = on CUDA only; True = on any device (CPU too); False = off
-    eval_batch_size: int | None = None
+    eval_batch_size: int | None = None  # per process under torchrun (it changes no result)
+    sync_bn: bool = True  # under torchrun: BatchNorm statistics over the global batch (vlm.training.distributed)
     n_bootstrap: int = 1000  # bootstrap rounds for the test CIs
 
     def to_dict(self) -> dict[str, Any]:

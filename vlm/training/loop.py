@@ -8,6 +8,9 @@ through `vlm.scoring` (one RunRecord in the run folder; files: `vlm.training.che
 Determinism: `seed` seeds Python, NumPy and torch; the epoch order, augmentation and shape transform
 draw from their own CPU generators, and the global RNG state (dropout, drop-path) is saved with every
 `last.pt`. On the CPU a run interrupted and resumed ends identical to an uninterrupted one.
+
+Under torchrun the same `fit` trains data-parallel (`vlm.training.distributed`): each rank trains on
+its part of every global batch, val/test scores are gathered in order, rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from vlm.files import finite_or_none
 from vlm.losses import make_loss
 from vlm.preprocess import Preprocess, medmnist_preprocess
 from vlm.results import RunRecord, new_run_dir
-from vlm.runtime import resolve_device, seed_everything
+from vlm.runtime import seed_everything
 from vlm.sampling import EpochSampler
 from vlm.training.checkpoint import (
-    BEST_FILE, EPOCHS_FILE, LAST_FILE, load_best, restore_last, save_best, save_last, write_epochs,
+    BEST_FILE, EPOCHS_FILE, LAST_FILE, load_best, restore_last, rng_state, save_best, save_last, write_epochs,
 )
 from vlm.training.config import TrainConfig, check_batch_size
+from vlm.training.distributed import (
+    RANK_SEED_STRIDE, Distributed, check_global_batch, setup_distributed, sync_batchnorm,
+)
 from vlm.training.loggers import Loggers, check_log
 from vlm.training.optim import build_optimizer, build_scheduler
 from vlm.training.pipeline import InputPipeline, autocast, batch_starts, predict, uses_bf16
@@ -114,7 +120,9 @@ class _State:
 class _Trainer:
     """What one `fit` call trains with (the splits already on the device)."""
 
-    model: nn.Module
+    model: nn.Module  # the model itself: evaluation, checkpoints
+    net: nn.Module  # what training steps call: the model, in DistributedDataParallel under torchrun
+    dist: Distributed
     train: Split
     val: Split
     config: TrainConfig
@@ -129,6 +137,7 @@ class _Trainer:
     emit: TrainProgress
     state: _State
     saved_epoch: int = 0  # the epoch last.pt holds
+    sync_bn: bool = False  # BatchNorm synchronised across ranks
 
     def event(self, stage: str, epoch: int, **values: Any) -> None:
         """Send a TrainEvent that carries the best epoch so far."""
@@ -185,16 +194,22 @@ def fit(
     task = train.task
     config = config.resolved(task)
     check_batch_size(config.batch_size, train)
-    device = resolve_device(config.device)
+    ctx, device = setup_distributed(config.device)
+    _check_world(ctx, config, (train, val, test))
     check_log(log)
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(runs_dir, f"{task.flag}_{method}_{model_name}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir is None:
+        run_dir = ctx.broadcast(new_run_dir(runs_dir, f"{task.flag}_{method}_{model_name}") if ctx.is_main else None)
+    run_dir = Path(run_dir)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     resume_hint = resume_hint or f"vlm train --resume {run_dir}"
-    trainer = _setup(model, train, val, config, device, run_dir, preprocess or medmnist_preprocess(config.image_size),
-                     progress or (lambda event: None))
+    trainer = _setup(model, train, val, config, ctx, device, run_dir,
+                     preprocess or medmnist_preprocess(config.image_size),
+                     (progress or (lambda event: None)) if ctx.is_main else (lambda event: None))
     record_config = {**config.to_dict(), **(extra_config or {}), "device_used": str(device),
-                     "precision": "bf16-autocast" if uses_bf16(device, config.amp) else "fp32"}
-    loggers = Loggers(log, run_dir, record_config)
+                     "precision": "bf16-autocast" if uses_bf16(device, config.amp) else "fp32",
+                     "distributed": ctx.describe(trainer.sync_bn)}
+    loggers = Loggers(log if ctx.is_main else (), run_dir, record_config)
     state = trainer.state
     try:
         trainer.emit(TrainEvent("start", state.epoch, config.epochs, batches=len(trainer.starts),
@@ -214,29 +229,45 @@ def fit(
         loggers.close()
 
 
-def _setup(model: nn.Module, train: Split, val: Split, config: TrainConfig, device: torch.device, run_dir: Path,
-           preprocess: Preprocess, emit: TrainProgress) -> _Trainer:
+def _check_world(ctx: Distributed, config: TrainConfig, splits: tuple[Split, ...]) -> None:
+    """Under torchrun: the global batch splits evenly, and every split has a row for every rank."""
+    check_global_batch(config.batch_size, ctx)
+    for split in splits:
+        if len(split) < ctx.world_size:
+            raise VlmError(f"The {split.split} split has {len(split)} rows, fewer than the {ctx.world_size} processes.")
+
+
+def _setup(model: nn.Module, train: Split, val: Split, config: TrainConfig, ctx: Distributed, device: torch.device,
+           run_dir: Path, preprocess: Preprocess, emit: TrainProgress) -> _Trainer:
     """Seed, move model and splits to the device, build loss, sampler, pipeline, optimizer and schedule,
-    and restore last.pt when the run folder has one (in this order: it fixes what the seed draws)."""
+    restore last.pt when the run folder has one (in this order: it fixes what the seed draws), and
+    under torchrun synchronise BatchNorm and wrap the model in DistributedDataParallel."""
     seed_everything(config.seed)
+    if ctx.rank:
+        torch.manual_seed(config.seed + RANK_SEED_STRIDE * ctx.rank)  # dropout masks of its own
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model.to(device)
+    sync_bn = False
+    if ctx.active and config.sync_bn:
+        model, layers = sync_batchnorm(model, device)
+        sync_bn = layers > 0
     task = train.task
     train_d, val_d = train.to(device), val.to(device)
     loss_fn = make_loss(config.loss, task, gamma=config.gamma, class_counts=train.class_counts(), device=device)
     sampler = EpochSampler(config.sampler, task, train.labels, seed=config.seed)
     pipeline = InputPipeline(preprocess, is_3d=task.is_3d, config=config)
-    starts = batch_starts(len(sampler), config.batch_size)
+    starts = batch_starts(len(sampler), config.batch_size, ctx.world_size)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(starts))
     state = _State()
     if (run_dir / LAST_FILE).is_file():
         state = _State(**restore_last(run_dir / LAST_FILE, model=model, optimizer=optimizer, scheduler=scheduler,
-                                      sampler=sampler, pipeline=pipeline))
-    return _Trainer(model=model, train=train_d, val=val_d, config=config, device=device, run_dir=run_dir,
-                    loss_fn=loss_fn, sampler=sampler, pipeline=pipeline, starts=starts, optimizer=optimizer,
-                    scheduler=scheduler, emit=emit, state=state, saved_epoch=state.epoch)
+                                      sampler=sampler, pipeline=pipeline, rank=ctx.rank))
+    return _Trainer(model=model, net=ctx.wrap(model, device), dist=ctx, train=train_d, val=val_d, config=config,
+                    device=device, run_dir=run_dir, loss_fn=loss_fn, sampler=sampler, pipeline=pipeline, starts=starts,
+                    optimizer=optimizer, scheduler=scheduler, emit=emit, state=state, saved_epoch=state.epoch,
+                    sync_bn=sync_bn)
 
 
 def _run_epoch(t: _Trainer, loggers: Loggers) -> None:
@@ -246,29 +277,32 @@ def _run_epoch(t: _Trainer, loggers: Loggers) -> None:
     t0 = time.perf_counter()
     lr_used = t.optimizer.param_groups[-1]["lr"]  # the head's (or only) LR at the epoch's first step
     train_loss = _train_epoch(t, epoch)
-    val_scores = predict(t.model, t.val, t.pipeline, batch_size=config.eval_batch_size, device=t.device,
-                         amp=config.amp)
+    val_scores = _predict(t, t.val)
     if not bool(torch.isfinite(val_scores).all()):
         raise _non_finite(epoch, None, t.run_dir, state)
     val_metrics = evaluate(t.train.task, t.val.labels, val_scores, n_bootstrap=0)
+    val_auc, val_acc = t.dist.broadcast((val_metrics.auc, val_metrics.acc))  # one decision for every rank
     seconds = time.perf_counter() - t0
-    better = _is_better(val_metrics.auc, state)
+    better = _is_better(val_auc, state)
     if better:
-        save_best(t.model, t.run_dir / BEST_FILE, {"epoch": str(epoch), "val_auc": str(val_metrics.auc)})
-        state.best_auc, state.best_epoch, state.bad_epochs = val_metrics.auc, epoch, 0
+        if t.dist.is_main:
+            save_best(t.model, t.run_dir / BEST_FILE, {"epoch": str(epoch), "val_auc": str(val_auc)})
+        state.best_auc, state.best_epoch, state.bad_epochs = val_auc, epoch, 0
     else:
         state.bad_epochs += 1
-    row = {"epoch": epoch, "train_loss": train_loss, "val_auc": finite_or_none(val_metrics.auc),
-           "val_acc": finite_or_none(val_metrics.acc), "lr": lr_used,
-           "seconds": round(seconds, 4), "best": better}
+    row = {"epoch": epoch, "train_loss": train_loss, "val_auc": finite_or_none(val_auc),
+           "val_acc": finite_or_none(val_acc), "lr": lr_used, "seconds": round(seconds, 4), "best": better}
     state.history.append(row)
     state.epoch = epoch
     state.train_seconds += seconds
     if config.patience and state.bad_epochs >= config.patience and epoch < config.epochs:
         state.stop_reason = "early-stopping"
-    write_epochs(t.run_dir / EPOCHS_FILE, state.history)
-    save_last(t.run_dir / LAST_FILE, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, sampler=t.sampler,
-              pipeline=t.pipeline, state=asdict(state), config=config.to_dict())
+    rng_ranks = t.dist.all_objects(rng_state()) if t.dist.active else None
+    if t.dist.is_main:
+        write_epochs(t.run_dir / EPOCHS_FILE, state.history)
+        save_last(t.run_dir / LAST_FILE, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
+                  sampler=t.sampler, pipeline=t.pipeline, state=asdict(state), config=config.to_dict(),
+                  rng_ranks=rng_ranks)
     t.saved_epoch = epoch
     loggers.epoch(row)
     t.event("epoch", epoch, batches=len(t.starts), loss=train_loss, val_auc=row["val_auc"], val_acc=row["val_acc"],
@@ -276,29 +310,48 @@ def _run_epoch(t: _Trainer, loggers: Loggers) -> None:
 
 
 def _train_epoch(t: _Trainer, epoch: int) -> float:
-    """One pass over the sampler's epoch order; returns the mean training loss."""
-    t.model.train()
+    """One pass over the sampler's epoch order; returns the mean training loss.
+
+    Under torchrun each rank takes its contiguous part of every global batch; its loss is weighted by
+    its share of the batch so that the all-reduced gradient is the global batch's mean gradient.
+    """
+    t.net.train()
     order = t.sampler.epoch_indices().to(t.device)
-    batch_size = t.config.batch_size
+    batch_size, ctx = t.config.batch_size, t.dist
     total, count = 0.0, 0
     for i, start in enumerate(t.starts):
-        idx = order[start:start + batch_size]
-        x = t.pipeline(t.train.images[idx], True)
+        batch = order[start:start + batch_size]
+        lo, hi = ctx.shard(len(batch))
+        idx = batch[lo:hi]
+        x = t.pipeline(t.train.images[idx], True, (lo, len(batch)) if ctx.active else None)
         y = t.train.labels[idx]
         with autocast(t.device, t.config.amp):
-            logits = t.model(x)
+            logits = t.net(x)
         loss = t.loss_fn(logits.float(), y)
-        value = loss.item()
+        if ctx.active:  # the batch's mean loss on every rank, and every rank's gradient weighted by its share
+            value = ctx.all_sum(loss.detach() * len(idx)).item() / len(batch)
+            loss = loss * (len(idx) * ctx.world_size / len(batch))
+        else:
+            value = loss.item()
         if not math.isfinite(value):
             raise _non_finite(epoch, i + 1, t.run_dir, t.state)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t.optimizer.step()
         t.scheduler.step()
-        total += value * len(idx)
-        count += len(idx)
+        total += value * len(batch)
+        count += len(batch)
         t.event("batch", epoch, batch=i + 1, batches=len(t.starts), loss=total / count)
     return total / max(count, 1)
+
+
+def _predict(t: _Trainer, split: Split) -> torch.Tensor:
+    """Scores of every row of `split`, in order; under torchrun each rank scores a contiguous range."""
+    lo, hi = t.dist.shard(len(split))
+    part = Split(split.images[lo:hi], split.labels[lo:hi], split.task, split.split, split.size)
+    scores = predict(t.model, part, t.pipeline, batch_size=t.config.eval_batch_size, device=t.device,
+                     amp=t.config.amp)
+    return t.dist.gather_rows(scores, len(split))
 
 
 def _score_test(t: _Trainer, test: Split, record_config: dict[str, Any], loggers: Loggers, *, method: str,
@@ -309,26 +362,30 @@ def _score_test(t: _Trainer, test: Split, record_config: dict[str, Any], loggers
     state, config = t.state, t.config
     t.event("test", state.epoch)
     t0 = time.perf_counter()
+    t.dist.barrier()  # rank 0 has written best.safetensors
     load_best(t.model, t.run_dir / BEST_FILE)
     test_d = test.to(t.device)
-    scores = predict(t.model, test_d, t.pipeline, batch_size=config.eval_batch_size, device=t.device, amp=config.amp)
-    metrics = score_split(test_d, scores, n_bootstrap=config.n_bootstrap, seed=config.seed)
-    test_seconds = time.perf_counter() - t0
+    scores = _predict(t, test_d)
     result = _result(t.run_dir, state, finished=True)
     record_config.update(best_epoch=state.best_epoch, best_val_auc=finite_or_none(state.best_auc),
                          epochs_run=state.epoch, stop_reason=state.stop_reason)
-    result.metrics = metrics
-    result.record = record_run(
-        test_d, scores, metrics, method=method, model=model_name, runs_dir=t.run_dir.parent, run_dir=t.run_dir,
-        weights_id=weights_id, seed=config.seed, config=record_config,
-        timings={"seconds": round(state.train_seconds + test_seconds, 4),
-                 "train_seconds": round(state.train_seconds, 4),
-                 "seconds_per_epoch": round(result.seconds_per_epoch, 4),
-                 "test_seconds": round(test_seconds, 4)},
-        preprocessing=t.pipeline.describe(),
-    )
+    metrics = record = None
+    test_seconds = 0.0
+    if t.dist.is_main:
+        metrics = score_split(test_d, scores, n_bootstrap=config.n_bootstrap, seed=config.seed)
+        test_seconds = time.perf_counter() - t0
+        record = record_run(
+            test_d, scores, metrics, method=method, model=model_name, runs_dir=t.run_dir.parent, run_dir=t.run_dir,
+            weights_id=weights_id, seed=config.seed, config=record_config,
+            timings={"seconds": round(state.train_seconds + test_seconds, 4),
+                     "train_seconds": round(state.train_seconds, 4),
+                     "seconds_per_epoch": round(result.seconds_per_epoch, 4),
+                     "test_seconds": round(test_seconds, 4)},
+            preprocessing=t.pipeline.describe(),
+        )
+    result.metrics, result.record, test_seconds = t.dist.broadcast((metrics, record, test_seconds))
     result.seconds = state.train_seconds + test_seconds
-    loggers.test(metrics.to_dict())
+    loggers.test(result.metrics.to_dict())
     t.event("done", state.epoch, val_auc=finite_or_none(state.best_auc))
     return result
 

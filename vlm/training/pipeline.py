@@ -8,22 +8,26 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from vlm.augment import Augment2D, Augment3D, ShapeTransform
+from vlm.augment import Augment2D, Augment3D, Part, ShapeTransform
 from vlm.data import Split
 from vlm.preprocess import Preprocess, channels_last, to_float
 from vlm.training.config import TrainConfig
 
 
-def batch_starts(n_rows: int, batch_size: int) -> list[int]:
-    """Start rows of the batches of an epoch; a trailing batch of one row is dropped (BatchNorm needs 2)."""
+def batch_starts(n_rows: int, batch_size: int, world_size: int = 1) -> list[int]:
+    """Start rows of the (global) batches of an epoch; a trailing batch of fewer than two rows per
+    process is dropped (BatchNorm needs 2; one process: a trailing batch of one row)."""
     starts = list(range(0, n_rows, batch_size))
-    if len(starts) > 1 and n_rows - starts[-1] == 1:
+    if len(starts) > 1 and n_rows - starts[-1] < 2 * world_size:
         starts.pop()
     return starts
 
 
 class InputPipeline:
-    """uint8 batch -> model input: to float, shape transform, augmentation (training), then `preprocess`."""
+    """uint8 batch -> model input: to float, shape transform, augmentation (training), then `preprocess`.
+
+    `part=(offset, total)`: the batch is a rank's rows of a global batch (see `vlm.augment`).
+    """
 
     def __init__(self, preprocess: Preprocess, *, is_3d: bool, config: TrainConfig) -> None:
         self.preprocess = preprocess
@@ -33,12 +37,12 @@ class InputPipeline:
             self.augment = Augment3D(ops, seed=config.seed + 1) if is_3d else Augment2D(seed=config.seed + 1)
         self.shape = ShapeTransform(seed=config.seed + 2) if config.shape_transform else None
 
-    def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, train: bool, part: Part | None = None) -> torch.Tensor:
         x = to_float(images)
         if self.shape is not None:
-            x = self.shape.train(x) if train else self.shape.eval(x)
+            x = self.shape.train(x, part) if train else self.shape.eval(x)
         if train and self.augment is not None:
-            x = self.augment(x)
+            x = self.augment(x, part)
         return channels_last(self.preprocess(x))
 
     def state_dict(self) -> dict:

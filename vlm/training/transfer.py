@@ -19,10 +19,9 @@ import torch.nn as nn
 from vlm.data import load_splits
 from vlm.errors import VlmError
 from vlm.preprocess import Preprocess, medmnist_preprocess
-from vlm.results import new_run_dir
 from vlm.runtime import seed_everything
 from vlm.tasks import TaskSpec, get_task
-from vlm.training.checkpoint import write_spec
+from vlm.training.checkpoint import create_run_dir
 from vlm.training.config import TrainConfig, check_batch_size
 from vlm.training.loggers import check_log
 from vlm.training.loop import TrainProgress, TrainResult, fit
@@ -162,8 +161,7 @@ def train(
             "pretrained": pretrained, "model_opts": built.model_opts,
             "data_root": str(data_root) if data_root is not None else None, "config": config.to_dict()}
     if run_dir is None:
-        run_dir = new_run_dir(runs_dir, f"{task.flag}_train_{model_name}")
-        write_spec(Path(run_dir), spec)
+        run_dir = create_run_dir(runs_dir, f"{task.flag}_train_{model_name}", spec)
     return fit(built.model, train_s, val_s, test_s, config, model_name=model_name, preprocess=built.preprocess,
                run_dir=run_dir, method="train", weights_id=_weights_id(weights, pretrained),
                extra_config={"model_opts": built.model_opts, "pretrained": pretrained, "weights": weights,
