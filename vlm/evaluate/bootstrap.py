@@ -19,13 +19,16 @@ _CHUNK_ELEMENTS_DEFAULT = 1 << 24
 
 
 def _resample_weights(n: int, rounds: int, seed: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Padded int32 multiplicity weights (r, 1 + n) of `rounds` bootstrap resamples, in chunks; seeded."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
+    """Padded int32 multiplicity weights (r, 1 + n) of `rounds` bootstrap resamples, in chunks; seeded.
+
+    The resamples are drawn by a CPU generator (in one stream, whatever the chunk size) and moved to
+    `device`, so that a seed gives the same resamples, hence the same CIs, on the CPU and on a GPU.
+    """
+    gen = torch.Generator().manual_seed(seed)
     chunk = max(1, _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS_DEFAULT) // n)
     for start in range(0, rounds, chunk):
         r = min(chunk, rounds - start)
-        drawn = torch.randint(1, n + 1, (r, n), generator=gen, device=device)
+        drawn = torch.randint(1, n + 1, (r, n), generator=gen, dtype=torch.int32).to(device).long()
         weights = torch.zeros(r, 1 + n, dtype=torch.int32, device=device)
         yield weights.scatter_add_(1, drawn, torch.ones(1, 1, dtype=torch.int32, device=device).expand(r, n))
 

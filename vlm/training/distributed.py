@@ -13,7 +13,7 @@ train ...`) starts N processes with WORLD_SIZE, RANK and LOCAL_RANK set; `fit` t
 - augmentation and shape-transform parameters are drawn for the global batch and each rank applies
   its rows' part, so a DDP run sees the augmentations a one-process run would;
 - BatchNorm layers become synchronised ones (`timm.layers.convert_sync_batchnorm`: torch's
-  `SyncBatchNorm`, and timm's BatchNorm+act layers); torch's needs a GPU, so on CPU tensors
+  `SyncBatchNorm`, and timm's BatchNorm+act layers); torch's needs a GPU, so for CPU modules
   `GlooSyncBatchNorm` computes the global batch statistics over gloo. Off with `--no-sync-bn`;
 - val and test are cut into N contiguous ranges, scored, and `gather_rows` concatenates the scores in
   rank order: exactly the split's N rows, so AUC and CIs are on the true set. Rank 0's decisions
@@ -178,14 +178,20 @@ def check_global_batch(batch_size: int, ctx: Distributed) -> None:
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> tuple[nn.Module, int]:
-    """`model` with its BatchNorm layers synchronised across ranks, and how many there are."""
-    from timm.layers import convert_sync_batchnorm
+    """`model` with its BatchNorm layers synchronised across ranks, and how many there are.
 
-    model = convert_sync_batchnorm(model)
-    layers = [m for m in model.modules() if isinstance(m, nn.SyncBatchNorm)]
-    if device.type == "cpu":
-        for m in layers:
-            m.__class__ = _gloo_class(type(m))
+    CUDA: `timm.layers.convert_sync_batchnorm` (torch's SyncBatchNorm; timm's BatchNorm + act layers
+    keep their act). CPU: every BatchNorm layer's class gains `GlooSyncBatchNorm` in front (torch's
+    SyncBatchNorm and DDP refuse CPU modules); weights, buffers and state-dict keys stay as they are.
+    """
+    if device.type == "cuda":
+        from timm.layers import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)
+        return model, sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.__class__ = _gloo_class(type(m))
     return model, len(layers)
 
 
@@ -205,12 +211,13 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-class GlooSyncBatchNorm(nn.SyncBatchNorm):
-    """`nn.SyncBatchNorm` for CPU tensors: in training, the mean and variance of the global batch
-    (two-pass, over gloo), with gradients through them; running statistics as torch's."""
+class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Put in front of a BatchNorm class: in training, the mean and variance of the global batch over
+    the process group (two-pass, float32), with gradients through them, and running statistics as
+    torch's; in evaluation (and outside a process group), the layer's own forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda or not (self.training and dist.is_initialized()):
+        if not (self.training and dist.is_initialized()):
             return super().forward(x)
         c = self.num_features
         dims = [0, *range(2, x.dim())]
@@ -230,15 +237,17 @@ class GlooSyncBatchNorm(nn.SyncBatchNorm):
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.lerp_(mean, m)
                 self.running_var.lerp_(var * count / (count - 1).clamp_min(1), m)
-        return y.to(x.dtype)
+        y = y.to(x.dtype)
+        for after in ("drop", "act"):  # timm's BatchNormAct2d: dropout and activation follow the norm
+            if hasattr(self, after):
+                y = getattr(self, after)(y)
+        return y
 
 
 @cache
 def _gloo_class(cls: type) -> type:
-    """The CPU-capable form of a SyncBatchNorm class (timm's SyncBatchNormAct keeps its act and drop)."""
-    if issubclass(cls, GlooSyncBatchNorm):
-        return cls
-    return GlooSyncBatchNorm if cls is nn.SyncBatchNorm else type(f"Gloo{cls.__name__}", (cls, GlooSyncBatchNorm), {})
+    """`cls` with `GlooSyncBatchNorm` in front (its name prefixed with Gloo)."""
+    return cls if issubclass(cls, GlooSyncBatchNorm) else type(f"Gloo{cls.__name__}", (GlooSyncBatchNorm, cls), {})
 
 
 def _destroy() -> None:
