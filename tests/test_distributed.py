@@ -30,7 +30,7 @@ from vlm.evaluate import evaluate
 from vlm.sampling import EpochSampler
 from vlm.tasks import get_task
 from vlm.training import LAST_FILE, TrainConfig, batch_starts, fit
-from vlm.training.distributed import Distributed, check_global_batch, init_distributed, shard_range
+from vlm.training.distributed import check_global_batch, init_distributed, shard_range
 
 TINY = dict(epochs=2, batch_size=16, eval_batch_size=8, n_bootstrap=20, device="cpu")
 RUN = dict(TINY, augment=True)  # the DDP-against-one-process runs: augmentation drawn for the global batch
@@ -133,9 +133,9 @@ def test_shards_are_contiguous_and_cover_every_row():
 
 
 def test_global_batch_must_divide_over_the_ranks():
-    check_global_batch(64, Distributed(world_size=2))
+    check_global_batch(64, 2)
     with pytest.raises(VlmError, match="--batch-size 63 is the global batch.*use 62 or 64"):
-        check_global_batch(63, Distributed(world_size=2))
+        check_global_batch(63, 2)
     assert batch_starts(33, 16, world_size=2) == [0, 16]  # a trailing batch of < 2 rows per rank is dropped
     assert batch_starts(36, 16, world_size=2) == [0, 16, 32]
 

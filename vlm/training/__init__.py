@@ -6,6 +6,7 @@
 - `checkpoint`  the run folder's files: spec.json, best.safetensors, last.pt (with RNG state), epochs.jsonl
 - `loggers`     optional TensorBoard / Weights & Biases logging
 - `loop`        `fit`: train, select on val AUC, score test once; TrainEvent, TrainResult
+- `distributed` data-parallel `fit` under torchrun: process group, sharding, gathers, synchronised BatchNorm
 - `transfer`    `train`: a transfer model from the `models` registry for a dataset, then `fit`
 
 Fine-tuning (`vlm.finetune`) builds on this package; resuming a run folder is `vlm.methods.resume`.

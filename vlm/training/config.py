@@ -123,10 +123,14 @@ def check_choice(name: str, value: str, allowed: Iterable[str]) -> None:
 
 
 def check_batch_size(batch_size: int, train: Split) -> None:
-    """A VlmError when the training batch is larger than the training split."""
+    """A VlmError when the training batch is larger than the training split, or (under torchrun) does
+    not split evenly over the processes."""
+    from vlm.training.distributed import check_global_batch, launched_world_size
+
     if batch_size > len(train):
         raise VlmError(f"--batch-size {batch_size} is larger than {train.task.flag}'s training split "
                        f"({len(train)} images): use --batch-size {len(train)} or less.")
+    check_global_batch(batch_size, launched_world_size())
 
 
 def parse_model_opts(items: Iterable[str] | None) -> dict[str, Any]:

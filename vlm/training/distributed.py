@@ -50,6 +50,11 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun started (1 when it did not start this one)."""
+    return int(os.environ["WORLD_SIZE"]) if launched() else 1
+
+
 def is_main_process() -> bool:
     """Rank 0, or not launched by torchrun: the process that writes files and prints."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -168,13 +173,13 @@ def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     return ctx, device
 
 
-def check_global_batch(batch_size: int, ctx: Distributed) -> None:
+def check_global_batch(batch_size: int, world_size: int) -> None:
     """A VlmError unless the global `--batch-size` splits evenly over the processes."""
-    if batch_size % ctx.world_size:
-        lower = batch_size - batch_size % ctx.world_size
+    if batch_size % world_size:
+        lower = batch_size - batch_size % world_size
         raise VlmError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
-                       f"{ctx.world_size} processes torchrun started: use {lower or ctx.world_size} or "
-                       f"{lower + ctx.world_size}.")
+                       f"{world_size} processes torchrun started: use {lower or world_size} or "
+                       f"{lower + world_size}.")
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> tuple[nn.Module, int]:

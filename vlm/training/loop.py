@@ -231,7 +231,7 @@ def fit(
 
 def _check_world(ctx: Distributed, config: TrainConfig, splits: tuple[Split, ...]) -> None:
     """Under torchrun: the global batch splits evenly, and every split has a row for every rank."""
-    check_global_batch(config.batch_size, ctx)
+    check_global_batch(config.batch_size, ctx.world_size)
     for split in splits:
         if len(split) < ctx.world_size:
             raise VlmError(f"The {split.split} split has {len(split)} rows, fewer than the {ctx.world_size} processes.")
