@@ -24,7 +24,10 @@ train ...`) starts N processes with WORLD_SIZE, RANK and LOCAL_RANK set; `fit` t
 
 Dropout and drop-path draw from per-rank streams (seed + rank offset); without them a DDP run equals
 the one-process run with the same global batch up to float rounding (the gradient is summed in
-another order; synchronised BatchNorm statistics are float32 sums).
+another order; synchronised BatchNorm statistics are float32 sums), except that (a) an epoch's last
+batch is dropped when it has fewer than 2 rows per process (one process drops a last batch of 1 row),
+and (b) a parameter whose exact gradient is 0, such as a convolution bias right before BatchNorm,
+gets rounding-noise gradients that Adam turns into steps of up to the LR, so such runs part by ~1e-4.
 """
 
 from __future__ import annotations
