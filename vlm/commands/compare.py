@@ -98,7 +98,7 @@ def compare_cmd(
     runs_dir: Annotated[Path, typer.Argument(help="Folder that holds run records (one sub-folder per run).")] = Path("runs"),
     dataset: Annotated[Optional[list[str]], typer.Option(
         "--dataset", "-d", help="Only runs of this dataset flag (repeatable).", show_default=False)] = None,
-    fmt: FormatOpt = "table",
+    fmt: FormatOpt = "table",  # rendered by `command`; declared here for its place in --help
     baselines: Annotated[Optional[str], typer.Option(
         "--baselines", help="Append published results to test columns: medmnist (MedMNIST v2 paper, Tables 3-4).",
         show_default=False)] = None,
