@@ -1,4 +1,4 @@
-"""Calibration metrics (vlm.evaluate.calibration) against torchmetrics, scikit-learn and numpy."""
+"""Calibration metrics (vlm.evaluate.calibration) against torchmetrics, scikit-learn and numpy; temperature scaling."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+from vlm.errors import VlmError
 from vlm.evaluate import evaluate
 from vlm.evaluate.bootstrap import _resample_sums, _resample_weights
 from vlm.evaluate.calibration import _from_sums, _linear_columns, calibration_metrics, reliability_bins
 from vlm.evaluate.core import _plans
 from vlm.evaluate.inputs import _prepare
+from vlm.temperature import T_MAX, apply_temperature, fit_temperature
 
 tmf = pytest.importorskip("torchmetrics.functional.classification")
 from torchmetrics.functional.classification.calibration_error import _ce_compute  # noqa: E402
@@ -251,3 +253,90 @@ def test_reliability_bins_match_the_ece():
     assert all(np.isnan(c) for n, c in zip(bins["count"], bins["confidence"]) if n == 0)
     pooled = reliability_bins("multi-label", *make("multi-label", n=100, seed=15))
     assert pooled["n"] == sum(pooled["count"]) == 100 * KS["multi-label"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Temperature scaling
+
+
+def synthetic_logits(kind: str, t0: float, n: int = 20000, seed: int = 0):
+    """Logits z (float64) and labels drawn from softmax(z / t0) (sigmoid per label for multi-label)."""
+    g = torch.Generator().manual_seed(seed)
+    k = KS[kind]
+    z = torch.randn(n, k, generator=g, dtype=torch.float64) * 3
+    if kind == "multi-label":
+        return z, (torch.rand(n, k, generator=g, dtype=torch.float64) < torch.sigmoid(z / t0)).long()
+    return z, torch.multinomial(torch.softmax(z / t0, dim=1), 1, generator=g)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multi-class", "ordinal", "multi-label"])
+@pytest.mark.parametrize("t0", [0.5, 2.0])
+def test_fit_recovers_a_known_temperature(kind, t0):
+    z, y = synthetic_logits(kind, t0, seed=int(t0 * 10))
+    assert fit_temperature(kind, z, y) == pytest.approx(t0, rel=0.05)
+
+
+def test_binary_single_logit_column_is_the_pair_zero_z():
+    z, y = synthetic_logits("binary", 1.5, seed=3)
+    diff = z[:, 1] - z[:, 0]
+    assert fit_temperature("binary", diff, y) == pytest.approx(fit_temperature("binary", z, y), rel=1e-6)
+    assert torch.allclose(apply_temperature("binary", diff[:, None], 1.5), apply_temperature("binary", z, 1.5),
+                          atol=1e-12, rtol=0)
+
+
+def numpy_nll(kind: str, z: np.ndarray, y: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """NLL for each temperature in t (batches of temperatures at once), the long way."""
+    out = []
+    for temps in np.array_split(t, max(1, len(t) // 100)):
+        a = z[None] / temps[:, None, None]  # (T, N, K)
+        if kind == "multi-label":
+            out.append(np.mean(np.logaddexp(0, a) - y[None] * a, axis=(1, 2)))
+        else:
+            m = a.max(axis=2, keepdims=True)
+            lse = m[..., 0] + np.log(np.exp(a - m).sum(axis=2))
+            out.append(np.mean(lse - a[:, np.arange(z.shape[0]), y[:, 0]], axis=1))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("kind", ["multi-class", "multi-label"])
+def test_fit_matches_a_fine_grid_search(kind):
+    z, y = synthetic_logits(kind, 1.3, n=1000, seed=4)
+    grid = np.arange(1.0, 1.6, 2e-4)
+    nll = numpy_nll(kind, z.numpy(), y.numpy(), grid)
+    assert fit_temperature(kind, z, y) == pytest.approx(grid[np.argmin(nll)], abs=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multi-class", "multi-label"])
+@pytest.mark.parametrize("t0", [0.7, 1.0, 3.0])
+def test_fitted_temperature_never_increases_validation_nll(kind, t0):
+    z, y = synthetic_logits(kind, t0, n=2000, seed=5)
+    t = fit_temperature(kind, z, y)
+    before = calibration_metrics(kind, y, apply_temperature(kind, z, 1.0))["nll"]
+    after = calibration_metrics(kind, y, apply_temperature(kind, z, t))["nll"]
+    assert after <= before + 1e-12
+
+
+@pytest.mark.parametrize("kind", ["binary", "multi-class", "multi-label"])
+def test_temperature_one_is_the_plain_softmax(kind):
+    z = torch.randn(50, KS[kind], dtype=torch.float32)
+    plain = torch.sigmoid(z) if kind == "multi-label" else torch.softmax(z, dim=1)
+    out = apply_temperature(kind, z, 1.0)
+    assert out.dtype == torch.float32 and torch.equal(out, plain)
+
+
+def test_temperature_keeps_auc_and_acc():
+    for kind in ("binary", "multi-label"):
+        z, y = synthetic_logits(kind, 1.0, n=1000, seed=6)
+        a, b = (evaluate(kind, y, apply_temperature(kind, z, t), n_bootstrap=0) for t in (1.0, 2.7))
+        assert (a.auc, a.acc) == (b.auc, b.acc) and a.ece != b.ece
+    z, y = synthetic_logits("multi-class", 1.0, n=1000, seed=6)
+    a, b = (evaluate("multi-class", y, apply_temperature("multi-class", z, t), n_bootstrap=0) for t in (1.0, 2.7))
+    assert a.acc == b.acc and a.auc == pytest.approx(b.auc, abs=0.01)  # one-vs-rest ranks may move slightly
+
+
+def test_uninformative_direction_fits_the_upper_bound_and_bad_temperatures_raise():
+    z, y = synthetic_logits("binary", 1.0, n=2000, seed=7)
+    assert fit_temperature("binary", -z, y) == pytest.approx(T_MAX, rel=1e-6)  # anti-correlated logits
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(VlmError, match="temperature"):
+            apply_temperature("binary", z, bad)
