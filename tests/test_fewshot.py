@@ -151,6 +151,11 @@ def test_methods_share_the_shots_file_and_record_their_choices(breast, tmp_path)
     assert len(tip.config["selection"]["rows"]) == 20 and tip.config["style"] == "clip"
     assert "exp(-beta" in tip.score_convention
 
+    again = run_fewshot("breastmnist", "fake", methods=["knn"], shots=None, seeds=None, data_root=breast,
+                        runs_dir=tmp_path / "runs", encoder=FakeEncoder(), n_bootstrap=0, val_shots=3,
+                        shots_file=records[0].config["shots_file"])[0]  # K and seed from the file
+    assert (again.config["shots"], again.seed, again.config["shots_sha256"]) == (2, 0, records[0].config["shots_sha256"])
+
     rows = curve_rows([*records, load_run(records[0].path)])
     assert set(rows[0]) == {"method", "shots", "seed", "auc", "acc", "auc_ci", "acc_ci", "run_dir"}
     summary = curve_summary(rows[:-1])

@@ -156,23 +156,27 @@ def test_tiny_tower_step0_is_the_encoder(tiny_clip, tmp_path):
         assert learner.m == 3 and torch.allclose(learner(), data.head().weights, atol=1e-6)
 
 
-def test_coop_beats_zero_shot_when_class_names_mislead(tiny_clip, tmp_path):
-    """Each class is named after the next one, so zero-shot is systematically wrong; 8 shots per class fix it."""
+@pytest.mark.parametrize("names,csc", [("garbled", False), ("swapped", True)])
+def test_coop_beats_zero_shot_when_class_names_mislead(tiny_clip, names, csc, tmp_path):
+    """Garbled names (words the model never saw) leave zero-shot at chance; swapped names (each class named after
+    the next) make it systematically wrong. 8 shots per class fix both: the shared context the garbled names,
+    class-specific context (a shared one cannot permute classes in a bag-of-words tower) the swapped ones."""
     write_quadrant_dataset(tmp_path, n=(80, 40, 40))
     classes = list(get_task("octmnist").labels)
+    wrong = {"garbled": ["zebra", "violin", "castle", "banana"], "swapped": classes[1:] + classes[:1]}[names]
     prompts = write_prompts(tmp_path / "wrong.yaml", "octmnist", {"templates": ["a photo of {label}."]},
-                            {c: [classes[(i + 1) % 4]] for i, c in enumerate(classes)})
+                            {c: [w] for c, w in zip(classes, wrong)})
     kw = dict(data_root=tmp_path, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", prompts=prompts,
               n_bootstrap=0)
     zs = run_zero_shot("octmnist", "tiny", encoder=tiny_clip, record=False, **kw)[0]
-    assert zs["acc"] <= 0.3 and zs["auc"] < 0.5
-    options = {"coop": {"ctx_init": "a photo of", "csc": True, "epochs": 30, "lr": 0.05, "optimizer": "adamw",
+    assert zs["acc"] <= 0.35 and zs["auc"] < 0.5
+    options = {"coop": {"ctx_init": "a photo of", "csc": csc, "epochs": 30, "lr": 0.05, "optimizer": "adamw",
                         "batch_size": 8}}
     rec = run_fewshot("octmnist", "tiny", methods=["coop"], shots=[8], seeds=[0], style="s", encoder=tiny_clip,
                       options=options, **kw)[0]
     assert rec.config["n_train"] == 32 and rec.config["chosen"]["epoch"] > 0 and rec.config["chosen"]["n_ctx"] == 3
-    assert rec.metrics["auc"] > 0.9 and rec.metrics["acc"] > 0.7, rec.metrics
-    assert rec.metrics["auc"] > zs["auc"] + 0.4
+    assert rec.metrics["auc"] > 0.9 and rec.metrics["acc"] > 0.6, rec.metrics
+    assert rec.metrics["auc"] > zs["auc"] + 0.4 and rec.metrics["acc"] > zs["acc"] + 0.3
     history = rec.config["selection"]["rows"]
     assert history[0]["epoch"] == 0 and len(history) == 31
     assert all(p.requires_grad for p in tiny_clip.model.parameters())  # flags restored after training

@@ -113,7 +113,6 @@ def fit_tip_f(data: FewShotData, opts: TipFOptions) -> MethodResult:
     model = cache_model(data)
     model.alpha, model.beta, _, _ = search(model, data, opts)
     init = {"alpha": model.alpha, "beta": model.beta}
-    torch.manual_seed(data.seed)
     epoch, _, history = train_and_select(model, model, data, opts)
     alpha, beta, auc, rows = search(model, data, opts)
     chosen = {"alpha": alpha, "beta": beta, "epoch": epoch, "train_alpha": init["alpha"], "train_beta": init["beta"]}
