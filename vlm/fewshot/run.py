@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from vlm.data import Split, load_split
-from vlm.embeddings import Progress, check_policy, image_embeddings
+from vlm.embeddings import EmbedProgress, check_policy, image_embeddings
 from vlm.errors import VlmError
 from vlm.fewshot.base import FewShotData, MethodSpec, ZeroShotHead, get_method
 from vlm.fewshot.shots import Shot, Shots, check_shot, default_shots_path, prepare_shots
@@ -134,7 +134,7 @@ def run_fewshot(
     slice_axis: int = 0,
     pool: str = "mean",
     n_bootstrap: int = 1000,
-    progress: Progress | None = None,
+    progress: EmbedProgress | None = None,
     encoder: Any = None,
 ) -> list[RunRecord]:
     """Run few-shot `methods` for every K in `shots` and seed in `seeds`; one record per (method, K, seed).

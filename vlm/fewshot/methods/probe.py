@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlm.fewshot.base import FewShotData, MethodResult, register
-from vlm.finetune import L2_GRID, ZS_L2_EXTRA, knn, linear_probe, zero_shot_head
+from vlm.finetune import zero_shot_head
+from vlm.finetune.probe import L2_GRID, ZS_L2_EXTRA, knn, linear_probe
 
 PROBE = ("logistic regression on standardised embeddings (full-batch L-BFGS, L2 chosen on val AUC); "
          "softmax probabilities, multi-label: per-label sigmoid")
