@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -345,7 +344,7 @@ def finetune(
     enc = encoder if encoder is not None else load_encoder(model_name, weights, device)
     if config.image_size is not None and config.image_size != enc.preprocess.size:
         check_image_size(enc, config.image_size, model_name)
-        enc.preprocess = replace(enc.preprocess, size=config.image_size)
+        enc.preprocess = enc.preprocess.with_size(config.image_size)
     head_w, used_style = (zero_shot_head(enc, task, style=style, prompts=prompts) if mode == "zs-init"
                           else (None, None))
     options = {"k": k, "knn_weighting": knn_weighting, "style": used_style or style,
