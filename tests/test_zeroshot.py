@@ -81,7 +81,17 @@ def vitb32_weights(tmp_path_factory) -> Path:
     return path
 
 
+def pil_images(split: Split) -> list:
+    """The split's grey uint8 images as PIL images, what the libraries' own pipelines take."""
+    from PIL import Image
+
+    return [Image.fromarray(img[0].numpy()) for img in split.images]
+
+
 def test_open_clip_zero_shot_equals_open_clip_reference(vitb32_weights, tmp_path):
+    """Ours against open_clip's own pipeline: a model that `create_model_and_transforms` builds apart from ours
+    out of the same weights file, its `preprocess` on PIL images, `build_zero_shot_classifier`. The classifiers
+    are equal; the inputs agree to the grey level, so embeddings and scores agree to float precision (1e-5)."""
     import open_clip
     from open_clip import build_zero_shot_classifier
 
@@ -95,35 +105,46 @@ def test_open_clip_zero_shot_equals_open_clip_reference(vitb32_weights, tmp_path
     w = text_classifier(enc, ps, "t")
     ours = zero_shot_scores(emb, w, enc.logit_scale, "binary")
 
-    # open_clip's own zero-shot code on the loaded model, which must hold exactly the saved weights
-    reference = enc.model
-    saved = torch.load(vitb32_weights, weights_only=True)
-    assert all(torch.equal(v, saved[k]) for k, v in reference.state_dict().items())
+    reference, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(vitb32_weights))
+    reference.eval()
+    assert reference is not enc.model
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    x_ref = torch.stack([preprocess(img) for img in pil_images(split)])
+    std = torch.tensor(enc.preprocess.std).view(1, 3, 1, 1)
+    assert float(((enc.preprocess(split.images) - x_ref) * std * 255).abs().max()) < 1e-3  # the same pixels
     with torch.no_grad():
         w_ref = build_zero_shot_classifier(reference, tokenizer, ps.classes,
                                            [lambda c, t=t: t.format(label=c) for t in templates])
-        img_ref = reference.encode_image(enc.preprocess(split.images), normalize=True)
-        ref = (100.0 * img_ref @ w_ref).softmax(dim=-1)
+        img_ref = reference.encode_image(x_ref, normalize=True)
+        ref = (reference.logit_scale.exp() * img_ref @ w_ref).softmax(dim=-1)
     assert encoded == 4 and w.shape == w_ref.shape == (512, 2)
-    assert torch.allclose(w, w_ref, atol=1e-5)
+    assert torch.equal(w, w_ref)
     assert torch.allclose(emb, img_ref, atol=1e-5)
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- (a) equality with transformers
 def test_transformers_zero_shot_equals_hand_computation(tmp_path):
-    folder = write_tiny_hf_clip(tmp_path / "hf-clip")
+    """Ours against the checkpoint's own pipeline: CLIPModel and tokenizer loaded apart from ours, its
+    CLIPImageProcessor (PIL backend; torchvision's is <= 2 levels off, see test_preprocessing_reference.py)
+    on PIL images, CLIP's ensemble by hand. The same pixels, so scores agree to float precision."""
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    folder = write_tiny_hf_clip(tmp_path / "hf-clip", processor={"size": {"shortest_edge": 36},
+                                                                  "crop_size": {"height": 32, "width": 32}})
     enc = load_encoder(str(folder))
     ps = load_prompt_set("breastmnist")  # shipped file: unequal prompt counts per class
     split = random_split("breastmnist", 5)
     emb, _ = image_embeddings(enc, split, cache_dir=tmp_path / "cache")
     ours = zero_shot_scores(emb, text_classifier(enc, ps, "clip"), enc.logit_scale, "binary")
 
-    from transformers import AutoTokenizer, CLIPModel
-
     model = CLIPModel.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
+    processor = CLIPImageProcessorPil.from_pretrained(folder)
+    x = processor(images=pil_images(split), return_tensors="pt")["pixel_values"]
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    assert float(((enc.preprocess(split.images) - x) * std * 255).abs().max()) < 1e-3  # the same pixels
     with torch.no_grad():
         columns = []
         for prompts in ps.expand("clip"):
@@ -131,9 +152,9 @@ def test_transformers_zero_shot_equals_hand_computation(tmp_path):
             feats = model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).pooler_output
             columns.append(F.normalize(F.normalize(feats, dim=-1).mean(dim=0), dim=-1))
         w_ref = torch.stack(columns, dim=1)
-        x = enc.preprocess(split.images)
         img = F.normalize(model.get_image_features(pixel_values=x).pooler_output, dim=-1)
         ref = (model.logit_scale.exp() * img @ w_ref).softmax(dim=-1)
+    assert torch.allclose(emb, img, atol=1e-5)
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
