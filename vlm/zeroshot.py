@@ -99,6 +99,24 @@ def check_prompt_set(prompt_set: PromptSet, task: TaskSpec) -> None:
                        f"({', '.join(task.labels)}).")
 
 
+def one_style_classifier(encoder: Encoder, task: TaskSpec, *, prompts: str | os.PathLike | None = None,
+                         style: str | None = None, refusal: str = "This method takes one prompt style",
+                         ) -> tuple[torch.Tensor, str, PromptSet]:
+    """The float text classifier of one prompt style (default 'clip' when the set has it, else its first).
+
+    Returns the classifier (as `text_classifier`), the style used and the prompt set; several styles
+    raise a VlmError that starts with `refusal`.
+    """
+    prompt_set = load_prompt_set(Path(prompts) if prompts is not None else task.flag, dataset=task.flag)
+    check_prompt_set(prompt_set, task)
+    if style is None:
+        style = "clip" if "clip" in prompt_set.style_names else prompt_set.style_names[0]
+    chosen = prompt_set.resolve_styles(style)
+    if len(chosen) != 1:
+        raise VlmError(f"{refusal}, got {', '.join(chosen)}.")
+    return text_classifier(encoder, prompt_set, chosen[0]).float(), chosen[0], prompt_set
+
+
 def _load_prompts(flag: str, prompts: str | os.PathLike | None) -> PromptSet:
     ps = load_prompt_set(Path(prompts) if prompts is not None else flag, dataset=flag)
     return ps
