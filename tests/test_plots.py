@@ -1,29 +1,13 @@
-"""Figures: every kind writes a non-empty PNG and SVG; the `vlm plot` commands and their errors."""
+"""Figures: every kind writes a non-empty PNG and SVG (the `vlm plot` commands are in test_cli_plot.py)."""
 
 from __future__ import annotations
 
-import json
-import sys
-import types
-
 import numpy as np
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from cli import app
-from conftest import SYNTHETIC, write_synthetic
 from vlm import plots
-from vlm.data import load_split
 from vlm.errors import VlmError
 from vlm.results import load_runs
-from vlm.scoring import record_run, score_split
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def _is_figure(path) -> bool:
@@ -31,32 +15,6 @@ def _is_figure(path) -> bool:
     if path.suffix == ".png":
         return data.startswith(b"\x89PNG") and len(data) > 1000
     return data.lstrip().startswith(b"<?xml") and b"<svg" in data
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    """Synthetic data files and scored runs: binary (2 seeds), multi-class, multi-label, zero-shot styles."""
-    base = tmp_path_factory.mktemp("plots")
-    root, runs = base / "data", base / "runs"
-    root.mkdir()
-    for flag in SYNTHETIC:
-        write_synthetic(root, flag)
-    out = {"root": root, "runs": runs, "base": base}
-
-    def run(flag, seed, **kw):
-        data = load_split(flag, "test", 28, root)
-        gen = torch.Generator().manual_seed(seed)
-        s = torch.rand(len(data), data.task.num_classes, generator=gen, dtype=torch.float64)
-        if data.task.kind != "multi-label":
-            s = s / s.sum(1, keepdim=True)
-        return record_run(data, s, score_split(data, s, n_bootstrap=30), runs_dir=runs, seed=seed, **kw)
-
-    out["binary"] = [run("breastmnist", s, method="train", model="tiny") for s in (0, 1)]
-    out["multiclass"] = run("pathmnist", 0, method="train", model="tiny")
-    out["multilabel"] = run("chestmnist", 0, method="train", model="tiny")
-    out["zeroshot"] = [run("breastmnist", i, method="zero-shot", model="ViT-B-32", config={"style": style})
-                       for i, style in enumerate(("clip", "plain", "radiology"))]
-    return out
 
 
 @pytest.mark.parametrize("name, suffix", [("binary", ".png"), ("binary", ".svg"), ("multiclass", ".png"),
@@ -143,59 +101,3 @@ def test_embedding_scatter_multilabel_and_errors(tmp_path):
         plots.plot_embeddings(rng.normal(size=(30, 8)), labels[:29], list("abcd"), tmp_path / "m.png")
     with pytest.raises(VlmError, match="pca or tsne"):
         plots.project_2d(rng.normal(size=(30, 8)), "umap")
-
-
-# ----------------------------------------------------------------------------- CLI
-def test_cli_plot_roc_confusion_styles_montage(bench, tmp_path):
-    runs, root = bench["runs"], bench["root"]
-    out = tmp_path / "roc.svg"
-    result = invoke("plot", "roc", "breastmnist", "--runs-dir", runs, "--data-root", root, "--out", out, "--json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"file": str(out)} and _is_figure(out)
-    run_id = bench["multiclass"].run_id
-    result = invoke("plot", "roc", "pathmnist", "--runs-dir", runs, "--run", run_id, "--data-root", root,
-                    "--out", tmp_path / "roc.png")
-    assert result.exit_code == 0 and "roc.png" in result.stdout
-    result = invoke("plot", "confusion", bench["binary"][0].run_id, "--runs-dir", runs, "--out", tmp_path / "cm.png",
-                    "--json")
-    assert result.exit_code == 0 and _is_figure(tmp_path / "cm.png")
-    result = invoke("plot", "styles", "breastmnist", "--runs-dir", runs, "--model", "ViT-B-32",
-                    "--out", tmp_path / "st.png", "--json")
-    assert result.exit_code == 0 and _is_figure(tmp_path / "st.png")
-    result = invoke("plot", "montage", "breastmnist", "--data-root", root, "--per-class", 2,
-                    "--out", tmp_path / "mo.svg", "--json")
-    assert result.exit_code == 0 and _is_figure(tmp_path / "mo.svg")
-
-
-def test_cli_plot_errors(bench, tmp_path):
-    runs, root = bench["runs"], bench["root"]
-    result = invoke("plot", "roc", "breastmnist", "--runs-dir", runs, "--run", bench["multiclass"].run_id,
-                    "--data-root", root, "--out", tmp_path / "r.png")
-    assert result.exit_code == 2 and "run of pathmnist, not breastmnist" in result.output
-    result = invoke("plot", "roc", "retinamnist", "--runs-dir", runs, "--data-root", root, "--out", tmp_path / "r.png")
-    assert result.exit_code == 2 and "No finished runs of retinamnist" in result.output
-    result = invoke("plot", "confusion", "no-such-run", "--runs-dir", runs, "--out", tmp_path / "c.png")
-    assert result.exit_code == 2 and "No run 'no-such-run'" in result.output
-    result = invoke("plot", "montage", "breastmnist", "--data-root", root, "--out", tmp_path / "m.gif")
-    assert result.exit_code == 2 and ".png or .svg" in result.output
-
-
-def test_cli_plot_embeddings_uses_encoder_and_embeddings(bench, tmp_path, monkeypatch):
-    calls = {}
-
-    def load_encoder(name, weights=None, device="cpu"):
-        calls["encoder"] = (name, weights, device)
-        return "ENC"
-
-    def image_embeddings(encoder, split, **kwargs):  # returns (embeddings, images encoded), as vlm.embeddings
-        calls["split"] = (encoder, split.task.flag, len(split))
-        return torch.randn(len(split), 12, generator=torch.Generator().manual_seed(0)), len(split)
-
-    monkeypatch.setitem(sys.modules, "vlm.encoders", types.SimpleNamespace(load_encoder=load_encoder))
-    monkeypatch.setitem(sys.modules, "vlm.embeddings", types.SimpleNamespace(image_embeddings=image_embeddings))
-    out = tmp_path / "emb.png"
-    result = invoke("plot", "embeddings", "pathmnist", "--model", "tiny-clip", "--weights", "w.pt", "--data-root",
-                    bench["root"], "--limit", 15, "--device", "cpu", "--out", out, "--json")
-    assert result.exit_code == 0, result.output
-    assert calls == {"encoder": ("tiny-clip", "w.pt", "cpu"), "split": ("ENC", "pathmnist", 15)}
-    assert json.loads(result.stdout)["file"] == str(out) and _is_figure(out)
