@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
+from fixtures.figures import read_png, read_svg
 
 runner = CliRunner()
 
@@ -18,32 +19,39 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def _is_figure(path) -> bool:
-    data = path.read_bytes()
-    if path.suffix == ".png":
-        return data.startswith(b"\x89PNG") and len(data) > 1000
-    return data.lstrip().startswith(b"<?xml") and b"<svg" in data
-
-
 def test_cli_plot_roc_confusion_styles_montage(bench, tmp_path):
     runs, root = bench["runs"], bench["root"]
     out = tmp_path / "roc.svg"
     result = invoke("plot", "roc", "breastmnist", "--runs-dir", runs, "--data-root", root, "--out", out, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"file": str(out)} and _is_figure(out)
+    assert json.loads(result.stdout) == {"file": str(out)}
+    roc = read_svg(out)  # every finished breastmnist run: two trained seeds, three zero-shot styles
+    assert "ROC · breastmnist 28px test" in roc.texts() and len(roc.lines()) == 1 + 5
+    assert roc.legend() == ["chance"] + [f"{name} (AUC {r.metrics['auc']:.3f})" for name, r in zip(
+        ["train tiny seed 0", "train tiny seed 1", "zero-shot ViT-B-32 [clip]", "zero-shot ViT-B-32 [plain]",
+         "zero-shot ViT-B-32 [radiology]"], bench["binary"] + bench["zeroshot"])]
     run_id = bench["multiclass"].run_id
     result = invoke("plot", "roc", "pathmnist", "--runs-dir", runs, "--run", run_id, "--data-root", root,
                     "--out", tmp_path / "roc.png")
     assert result.exit_code == 0 and "roc.png" in result.stdout
+    png = read_png(tmp_path / "roc.png")  # the one run: nine class curves (tab10) and the black macro curve
+    assert png.size == (840, 960) and all(png.has(f"C{i}") for i in range(9))
     result = invoke("plot", "confusion", bench["binary"][0].run_id, "--runs-dir", runs, "--out", tmp_path / "cm.png",
                     "--json")
-    assert result.exit_code == 0 and _is_figure(tmp_path / "cm.png")
+    assert result.exit_code == 0
+    png = read_png(tmp_path / "cm.png")
+    assert png.size == (630, 1200) and not png.is_blank()  # a 2 x 2 confusion (8.0 x 4.2 in)
     result = invoke("plot", "styles", "breastmnist", "--runs-dir", runs, "--model", "ViT-B-32",
                     "--out", tmp_path / "st.png", "--json")
-    assert result.exit_code == 0 and _is_figure(tmp_path / "st.png")
+    assert result.exit_code == 0
+    png = read_png(tmp_path / "st.png")
+    assert png.size == (660, 870) and png.has("C0") and png.has("C1")  # three styles' AUC and ACC bars
     result = invoke("plot", "montage", "breastmnist", "--data-root", root, "--per-class", 2,
                     "--out", tmp_path / "mo.svg", "--json")
-    assert result.exit_code == 0 and _is_figure(tmp_path / "mo.svg")
+    assert result.exit_code == 0
+    montage = read_svg(tmp_path / "mo.svg")
+    assert "breastmnist 28px train: 2 random images per class" in montage.texts()
+    assert montage.texts().count("(2 shown)") == 2 and montage.images() == 2
 
 
 def test_cli_plot_errors(bench, tmp_path):
@@ -77,4 +85,6 @@ def test_cli_plot_embeddings_uses_encoder_and_embeddings(bench, tmp_path, monkey
                     bench["root"], "--limit", 15, "--device", "cpu", "--out", out, "--json")
     assert result.exit_code == 0, result.output
     assert calls == {"encoder": ("tiny-clip", "w.pt", "cpu"), "split": ("ENC", "pathmnist", 15)}
-    assert json.loads(result.stdout)["file"] == str(out) and _is_figure(out)
+    assert json.loads(result.stdout)["file"] == str(out)
+    png = read_png(out)
+    assert png.size == (870, 1080) and not png.is_blank()
