@@ -203,6 +203,13 @@ def test_cli_recipe_augment_and_milestones(data_root, runs_dir):
     assert [r["name"] for r in listed] == list(recipe_names()) and all(r["source"] for r in listed)
 
 
+def test_experiment_train_methods_take_a_recipe_but_not_its_overrides():
+    from vlm.methods import get_method
+
+    options = get_method("train").options
+    assert "recipe" in options and "lr_milestones" in options and "recipe_overrides" not in options
+
+
 def test_augmix_runs_on_8_bit_images_at_the_training_size():
     config = _resolved("medvit", image_size=32)
     pipe = InputPipeline(medmnist_preprocess(32), is_3d=False, config=config)
@@ -229,4 +236,5 @@ def test_datasets_json_gives_medmnist_task_strings(data_root):
     assert all(r["medmnist_task"] == medmnist.INFO[r["flag"]]["task"] for r in rows)
     by_flag = {r["flag"]: r for r in rows}
     assert by_flag["chestmnist"]["medmnist_task"] == "multi-label, binary-class"
-    assert by_flag["retinamnist"]["medmnist_task"] == "ordinal-regression" and by_flag["retinamnist"]["task"] == "ordinal"
+    retina = by_flag["retinamnist"]
+    assert retina["medmnist_task"] == "ordinal-regression" and retina["task"] == "ordinal"
