@@ -186,6 +186,17 @@ def test_recipe_and_overrides_in_record_json(data_root, runs_dir):
     assert config["lr_milestones"] == [0.5, 0.75] and config["interpolation"] == "nearest"
 
 
+def test_a_resumed_run_keeps_its_recipe_and_overrides(data_root, runs_dir):
+    from vlm.methods import resume
+
+    config = TrainConfig(recipe="medmnist", epochs=2, **TINY)
+    part = train("breastmnist", "small-cnn", config=config, data_root=data_root, runs_dir=runs_dir,
+                 max_epochs_this_call=1)
+    done = resume(part.run_dir, overrides={"epochs": 2})
+    assert done.record.config["recipe"] == "medmnist"
+    assert done.record.config["recipe_overrides"] == ["epochs", "batch_size"]
+
+
 def test_cli_recipe_augment_and_milestones(data_root, runs_dir):
     runner = CliRunner()
     res = runner.invoke(app, ["train", "breastmnist", "--model", "small-cnn", "--recipe", "medmnist", "--epochs", "2",
