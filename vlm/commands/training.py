@@ -59,9 +59,9 @@ def train_cmd(
     """Train a transfer model (2D or 3D) on a dataset: best epoch by val AUC, test scored once.
 
     Unset options come from the model's training recipe (--recipe; `vlm models` lists the recipes);
-    the record names the recipe and the options that overrode it. The run folder keeps best.safetensors, a resumable
-    last.pt, epochs.jsonl and the test record. Ctrl-C keeps the last completed epoch: continue with
-    --resume RUN_DIR.
+    the record names the recipe and the options that overrode it. The run folder keeps
+    best.safetensors, a resumable last.pt, epochs.jsonl and the test record. Ctrl-C keeps the last
+    completed epoch: continue with --resume RUN_DIR.
 
     Example: [bold]vlm train breastmnist --model medmnist-resnet18 --epochs 20 --data-root ../shared/data/medmnist[/]
     Example: [bold]vlm train vesselmnist3d --model acs:resnet18 --augment affine --json[/]
