@@ -246,7 +246,7 @@ def test_a_missing_file_is_named_in_one_line(medclip_dir, tmp_path, remove):
         load_encoder(f"medclip-vit:{folder}")
     message = str(exc.value)
     assert "\n" not in message and f"Missing {folder / remove}" in message
-    for name in ("pytorch_model.bin", "text/config.json", "text/vocab.txt", "vision/config.json",
+    for name in ("FOLDER/pytorch_model.bin", "FOLDER/text/config.json and vocab.txt", "FOLDER/vision/config.json",
                  "emilyalsentzer/Bio_ClinicalBERT", "microsoft/swin-tiny-patch4-window7-224", "medclip-vit:FOLDER"):
         assert name in message
 

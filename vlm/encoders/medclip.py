@@ -223,24 +223,22 @@ class MedCLIPEncoder(Encoder):
 
 
 # ----------------------------------------------------------------------------- the folder
-def expected_files(variant: str) -> dict[str, str]:
-    """The files a MedCLIP folder holds (relative path -> where it comes from)."""
-    files = {WEIGHTS_NAME: f"the released {VARIANTS[variant]} checkpoint (zip linked in {RELEASES[variant]})",
-             f"{TEXT_DIR}/config.json": f"{BERT_TYPE} config.json",
-             f"{TEXT_DIR}/vocab.txt": f"{BERT_TYPE} vocab.txt (or its tokenizer.json)"}
-    if variant == "vit":
-        files[f"{VISION_DIR}/config.json"] = f"{VIT_TYPE} config.json"
-    return files
+def expected_files(variant: str) -> list[str]:
+    """The files a MedCLIP folder holds, relative to it."""
+    files = [WEIGHTS_NAME, f"{TEXT_DIR}/config.json", f"{TEXT_DIR}/vocab.txt"]
+    return files + [f"{VISION_DIR}/config.json"] if variant == "vit" else files
 
 
 def layout_message(variant: str, problem: str) -> str:
-    """One line: what is wrong, then which file goes where and how to pass the folder."""
-    where = "; ".join(f"FOLDER/{rel}: {src}" for rel, src in expected_files(variant).items())
-    fetch = f"`huggingface-cli download {BERT_TYPE} config.json vocab.txt --local-dir FOLDER/{TEXT_DIR}`"
+    """One line: what is wrong, then which file goes where (and where from) and how to pass the folder."""
+    parts = [f"FOLDER/{WEIGHTS_NAME} (the released checkpoint, unzipped; the zip is linked in {RELEASES[variant]})",
+             f"FOLDER/{TEXT_DIR}/config.json and vocab.txt (`huggingface-cli download {BERT_TYPE} config.json vocab.txt "
+             f"--local-dir FOLDER/{TEXT_DIR}`)"]
     if variant == "vit":
-        fetch += f" and `huggingface-cli download {VIT_TYPE} config.json --local-dir FOLDER/{VISION_DIR}`"
-    return (f"{problem} {VARIANTS[variant]} loads offline from a folder ({where}); get the configs with {fetch}, "
-            f"then pass --model medclip-{variant}:FOLDER (or --model medclip-{variant} --weights FOLDER).")
+        parts.append(f"FOLDER/{VISION_DIR}/config.json (`huggingface-cli download {VIT_TYPE} config.json "
+                     f"--local-dir FOLDER/{VISION_DIR}`)")
+    return (f"{problem} {VARIANTS[variant]} loads offline from {', '.join(parts[:-1])} and {parts[-1]}; pass "
+            f"--model medclip-{variant}:FOLDER (or --model medclip-{variant} --weights FOLDER).")
 
 
 def check_folder(folder: Path, variant: str, checkpoint: Path) -> None:
