@@ -31,18 +31,12 @@ DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 def zero_shot_classifier(encoder: Any, task: TaskSpec, prompts: str | os.PathLike | None = None,
                          style: str | None = None) -> ZeroShotHead:
     """The zero-shot classifier of one prompt style (default 'clip', else the file's first) and its class names."""
-    from vlm.prompts import load_prompt_set
-    from vlm.zeroshot import check_prompt_set, text_classifier
+    from vlm.zeroshot import one_style_classifier
 
-    prompt_set = load_prompt_set(Path(prompts) if prompts is not None else task.flag, dataset=task.flag)
-    check_prompt_set(prompt_set, task)
-    if style is None:
-        style = "clip" if "clip" in prompt_set.style_names else prompt_set.style_names[0]
-    chosen = prompt_set.resolve_styles(style)
-    if len(chosen) != 1:
-        raise VlmError(f"Few-shot methods take one prompt style, got {', '.join(chosen)}.")
-    names = [prompt_set.styles[chosen[0]].names[c][0] for c in prompt_set.classes]
-    return ZeroShotHead(text_classifier(encoder, prompt_set, chosen[0]).float(), chosen[0], str(prompt_set.path), names)
+    w, used, prompt_set = one_style_classifier(encoder, task, prompts=prompts, style=style,
+                                               refusal="Few-shot methods take one prompt style")
+    names = [prompt_set.styles[used].names[c][0] for c in prompt_set.classes]
+    return ZeroShotHead(w, used, str(prompt_set.path), names)
 
 
 def _subset(emb: torch.Tensor, split: Split, indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
