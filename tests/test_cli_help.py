@@ -13,6 +13,6 @@ def test_help_paragraphs_are_reflowed_and_examples_kept_on_their_own_lines():
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
     assert result.exit_code == 0
     text = result.stdout
-    assert "75% of the epochs, no augmentation) with 10 epochs" in text  # a hard break in the docstring
+    assert "lists the recipes); the record names the recipe" in text  # a hard break in the docstring
     examples = [line.strip() for line in text.splitlines() if line.strip().startswith("Example:")]
-    assert len(examples) == 3 and examples[2].startswith("Example: vlm train --resume")
+    assert len(examples) == 4 and examples[3].startswith("Example: vlm train --resume")

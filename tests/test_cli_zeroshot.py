@@ -47,7 +47,8 @@ def test_cli_table_save_scores_and_cache(tiny_oc_weights, data_root, tmp_path):
     base = ["zero-shot", "breastmnist", "--model", name, "--weights", str(weights), "--data-root", str(data_root),
             "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "20",
             "--device", "cpu"]
-    result = CliRunner().invoke(app, base + ["--save-scores", str(tmp_path / "scores.npy")], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, base + ["--style", "all", "--save-scores", str(tmp_path / "scores.npy")],
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "AUC [95% CI]" in result.stdout and "per-class ACC" in result.stdout and "descriptive" in result.stdout
     assert "encoded 20 images" in result.stdout

@@ -143,7 +143,7 @@ def test_tiny_trained_clip_reads_class_names(tiny_clip, tmp_path):
     })
     kwargs = dict(prompts=prompts, data_root=tmp_path, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache",
                   n_bootstrap=100)
-    res = {r["style"]: r for r in run_zero_shot("octmnist", "tiny", encoder=tiny_clip, **kwargs)}
+    res = {r["style"]: r for r in run_zero_shot("octmnist", "tiny", encoder=tiny_clip, styles="all", **kwargs)}
     assert res["right"]["n"] == 40 and res["right"]["images_encoded"] == 40
     assert res["right"]["acc"] >= 0.9 and res["right"]["auc"] >= 0.95
     assert res["shuffled"]["acc"] <= 0.25 and res["shuffled"]["auc"] < 0.5  # systematically wrong
@@ -185,8 +185,9 @@ def test_multi_label_run_uses_prompt_pairs(tmp_path):
     expected_pos = F.normalize(F.normalize(enc.encode_texts(pos), dim=-1).mean(0), dim=-1)
     expected_neg = F.normalize(F.normalize(enc.encode_texts(neg), dim=-1).mean(0), dim=-1)
     assert torch.allclose(w[:, 0, 1], expected_pos) and torch.allclose(w[:, 0, 0], expected_neg)
-    results = run_zero_shot("chestmnist", "fake", encoder=enc, data_root=tmp_path, runs_dir=tmp_path / "runs",
-                            cache_dir=tmp_path / "cache", n_bootstrap=0, save_scores=tmp_path / "s.npy")
+    results = run_zero_shot("chestmnist", "fake", encoder=enc, styles="all", data_root=tmp_path,
+                            runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", n_bootstrap=0,
+                            save_scores=tmp_path / "s.npy")
     assert [r["style"] for r in results] == ps.style_names
     for r in results:
         assert r["n"] == 20 and len(r["per_class"]) == 14 and r["auc_ci"] is None

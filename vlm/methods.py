@@ -188,7 +188,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- the built-in kinds
-_TRAIN_OPTIONS = frozenset(option_names() - {"seed", "device"})  # a job's seed and device come from the matrix
+# A job's seed and device come from the matrix; `recipe` names a recipe, its overrides are recorded, not set.
+_TRAIN_OPTIONS = frozenset(option_names() - {"seed", "device", "recipe_overrides"})
 
 
 def _check_train(model: str, mode: str | None) -> None:
