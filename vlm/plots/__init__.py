@@ -3,7 +3,8 @@
 Every `plot_*` function takes plain arrays and writes one file; the `*_figure` functions gather the
 arrays from run records, dataset files or an encoder and call them. Figures are drawn on matplotlib's
 Agg canvas without pyplot (no global backend switch, no open-figure state) and written atomically;
-the file format follows the suffix of the output path: ``.png`` or ``.svg``.
+the file format follows the suffix of the output path: ``.png`` or ``.svg`` (whose text stays
+<text>, searchable and editable).
 
 Modules: `figure` (canvas, saving, labels, colours), `curves` (ROC, confusion), `styles` (prompt
 styles), `montage` (samples per class), `embeddings` (PCA / t-SNE scatters).
