@@ -55,18 +55,22 @@ def plot_fewshot(
                 mean, std = _band(points, metric)
                 line, = ax.plot(x, mean, marker="o", ms=4, lw=1.6, color=color, label=short(label, 24))
                 line.set_gid(f"fewshot-curve-{label}")
-                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0).set_gid(
-                    f"fewshot-band-{label}")
+                band = ax.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=color,
+                                       alpha=0.18, lw=0)
+                band.set_gid(f"fewshot-band-{label}")
             full = [e for e in entries if e["shots"] == "all"]
             if full:
                 mean, std = _band(full, metric)
-                bars = ax.errorbar([x_full], mean[:1], yerr=std[:1], fmt="D", ms=6, color=color, capsize=3,
+                nudge = 2 ** (0.1 * (i - (len(curves) - 1) / 2))  # side by side when their values coincide
+                bars = ax.errorbar([x_full * nudge], mean[:1], yerr=std[:1], fmt="D", ms=6, color=color, capsize=3,
                                    label=None if points else short(label, 24))
                 bars[0].set_gid(f"fewshot-full-{label}")
         for j, zs in enumerate(zero_shot):
             if zs.get(metric) is not None:
                 ax.axhline(zs[metric], color="0.35", ls=("--", ":", "-.")[j % 3], lw=1.2,
                            label=short(zs["label"], 24)).set_gid(f"zero-shot-{j}")
+        if has_full and ks:
+            ax.axvline(x_full / 2 ** 0.5, color="0.8", lw=0.8)
         ax.set_xscale("log", base=2)
         ticks = [float(k) for k in ks] + ([x_full] if has_full else [])
         ax.set_xticks(ticks, [str(k) for k in ks] + ([FULL_LABEL] if has_full else []))
@@ -135,6 +139,6 @@ def fewshot_figure(
                   and r.split == "test" and int(r.size) == sizes[0]], lambda r: r.config.get("style"))
     lines = [{"label": ZERO_SHOT if len(zs) == 1 else f"{ZERO_SHOT} [{r.config.get('style')}]",
               "auc": r.metrics.get("auc"), "acc": r.metrics.get("acc")} for r in zs]
-    seeds = sorted({r.seed for r in runs if r.seed is not None})
-    return plot_fewshot(curves, out, zero_shot=lines,
-                        title=f"Few-shot · {task.flag} {sizes[0]}px · {encoder} · mean ± std over {len(seeds)} seed(s)")
+    n_seeds = len({r.seed for r in runs})
+    over = "one seed" if n_seeds == 1 else f"mean ± std over {n_seeds} seeds"
+    return plot_fewshot(curves, out, zero_shot=lines, title=f"Few-shot · {task.flag} {sizes[0]}px · {encoder} · {over}")
