@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from conftest import write_synthetic
+from vlm.augment import Augment2D, Augment3D, AugMix2D, ShapeTransform
 from vlm.data import Split, load_splits
 from vlm.errors import VlmError
 from vlm.evaluate import evaluate
@@ -33,7 +34,7 @@ from vlm.training import LAST_FILE, TrainConfig, batch_starts, fit
 from vlm.training.distributed import check_global_batch, init_distributed, shard_range
 
 TINY = dict(epochs=2, batch_size=16, eval_batch_size=8, n_bootstrap=20, device="cpu")
-RUN = dict(TINY, augment=True)  # the DDP-against-one-process runs: augmentation drawn for the global batch
+RUN = dict(TINY, augment="affine")  # the DDP-against-one-process runs: augmentation drawn for the global batch
 # A DDP run and a one-process run with the same global batch differ by float rounding only (the
 # gradient is summed in another order; synchronised BatchNorm statistics are float32 sums): 1e-7 here.
 # Not so for a parameter whose exact gradient is 0, such as a convolution bias just before BatchNorm:
@@ -138,6 +139,20 @@ def test_global_batch_must_divide_over_the_ranks():
         check_global_batch(63, 2)
     assert batch_starts(33, 16, world_size=2) == [0, 16]  # a trailing batch of < 2 rows per rank is dropped
     assert batch_starts(36, 16, world_size=2) == [0, 16, 32]
+
+
+@pytest.mark.parametrize("make, shape, as_float", [
+    (lambda: Augment2D(seed=3), (7, 3, 16, 16), True),
+    (lambda: Augment3D(("flip", "rot90"), seed=3), (7, 1, 8, 8, 8), True),
+    (lambda: ShapeTransform(seed=3).train, (7, 1, 8, 8, 8), True),
+    (lambda: AugMix2D(seed=3), (7, 3, 16, 16), False),
+], ids=["affine-2d", "flip-rot90-3d", "shape-transform", "augmix"])
+def test_a_ranks_part_of_a_batch_is_augmented_as_one_process_augments_it(make, shape, as_float):
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = x.float() / 255 if as_float else x
+    whole = make()(x)
+    parts = [make()(x[lo:hi], (lo, 7)) for lo, hi in ((0, 4), (4, 7))]  # each rank has its own augmenter
+    assert torch.equal(torch.cat(parts), whole)
 
 
 # ----------------------------------------------------------------------------- gather

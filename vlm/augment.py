@@ -1,8 +1,10 @@
 """Training-time augmentation as tensor ops on the batch's device (no PIL; batched, AugMix aside).
 
-Off by default, as in MedMNIST's baselines. Applied to float batches in [0, 1] (after `to_float`,
-before the model's resize and normalisation), with random parameters drawn from the augmenter's own
-CPU `torch.Generator` (state saved in `last.pt`, so resumed runs draw the same augmentations).
+Off by default, as in MedMNIST's baselines; `--augment affine` picks `Augment2D` / `Augment3D`,
+`--augment augmix` picks `ResizedAugMix` (`build_augment`). Applied to float batches in [0, 1]
+(after `to_float`, before the model's resize and normalisation), with random parameters drawn from
+the augmenter's own CPU `torch.Generator` (state saved in `last.pt`, so resumed runs draw the same
+augmentations).
 
 2D (`Augment2D`): one affine warp per image that combines a horizontal flip (p = 0.5), a small
 affine (rotation ±10°, translation ±10 %, scale 0.9-1.1) and a random resized crop (area 80-100 %,
@@ -11,13 +13,16 @@ aspect 3/4-4/3), sampled with `grid_sample` (bilinear, zero fill like torchvisio
 2D AugMix (`AugMix2D`): torchvision's `v2.AugMix` (Hendrycks et al. 2020; severity 3, width 3, depth
 1-3, alpha 1; MedViT's MedMNIST recipe) on a *uint8* (B, C, H, W) batch, image by image so that every
 image draws its own op chains as a per-sample dataset transform would. torchvision draws from torch's
-global RNG; the call runs inside `torch.random.fork_rng`, seeded from the augmenter's generator, so
-the batch is reproducible and resumable while the global (dropout) RNG stream is left untouched.
+global RNG; the call runs inside `torch.random.fork_rng`, each image seeded with a per-batch draw of
+the augmenter's generator plus its row, so the batch is reproducible and resumable (and a rank's part
+of a global batch gets its rows' chains) while the global (dropout) RNG stream is left untouched.
+`ResizedAugMix` applies it as MedViT's notebook does: after resizing to the training size, on 8-bit
+levels (grey images stay one channel: AugMix's ops keep a replicated grey image grey).
 
 3D (`Augment3D`): per-volume flips along each of D, H, W (p = 0.5 each) and/or a rot90 in the H-W
 plane (k uniform in 0..3), chosen with `ops=("flip", "rot90")`.
 
-``part=(offset, total)` (data-parallel training): the batch is rows offset.. of a global batch of `total`
+`part=(offset, total)` (data-parallel training): the batch is rows offset.. of a global batch of `total`
 rows; parameters are drawn for all `total` rows and this part's are applied, so that every rank
 applies what one process would, and every rank's generator stays in step.
 
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +48,7 @@ from vlm.errors import VlmError
 
 SHAPE_DATASETS = ("adrenalmnist3d", "vesselmnist3d")
 OPS_3D = ("flip", "rot90")
+AUGMENTS = ("off", "affine", "augmix")  # `--augment` modes (`build_augment`)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -121,6 +128,9 @@ class Augment2D:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
 
+    def describe(self) -> dict:
+        return {"2d": asdict(self.spec)}
+
 
 @dataclass(frozen=True)
 class AugMixSpec:
@@ -142,20 +152,49 @@ class AugMix2D:
         self.transform = v2.AugMix(**asdict(spec))
         self.generator = _generator(seed)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, part: Part | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.dtype != torch.uint8:
             raise VlmError(f"AugMix expects a uint8 (B, C, H, W) batch, got {x.dtype} of shape {tuple(x.shape)}.")
+        _, rows = _rows(x.shape[0], part)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         devices = list(range(torch.cuda.device_count())) if x.is_cuda else []
+        out = []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            return torch.stack([self.transform(image) for image in x])
+            for i, image in zip(range(rows.start, rows.stop), x):
+                torch.manual_seed(seed + i)  # row i of the (global) batch draws the same chains on any rank
+                out.append(self.transform(image))
+        return torch.stack(out)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "spec": asdict(self.spec)}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+class ResizedAugMix:
+    """AugMix as MedViT's notebook applies it: on 8-bit images already resized to the training size.
+
+    A float [0, 1] (B, C, H, W) batch is resized by `resize` (the pipeline's own resize step), rounded
+    to 8-bit levels, AugMix-ed, and returned as float [0, 1] at the new size.
+    """
+
+    def __init__(self, resize: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> None:
+        self.resize = resize
+        self.augmix = AugMix2D(seed=seed)
+
+    def __call__(self, x: torch.Tensor, part: Part | None = None) -> torch.Tensor:
+        levels = self.resize(x).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        return self.augmix(levels, part).float().div_(255.0)
+
+    def state_dict(self) -> dict:
+        return self.augmix.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.augmix.load_state_dict(state)
+
+    def describe(self) -> dict:
+        return {"augmix": asdict(self.augmix.spec), "after": "resize to the training size, 8-bit"}
 
 
 class Augment3D:
@@ -194,6 +233,9 @@ class Augment3D:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
 
+    def describe(self) -> dict:
+        return {"3d": list(self.ops)}
+
 
 class ShapeTransform:
     """MedMNIST3D's shape-dataset transform: x * U(0, 1) per volume in training, x * 0.5 at evaluation."""
@@ -215,6 +257,24 @@ class ShapeTransform:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+Augmenter = Augment2D | Augment3D | ResizedAugMix
+
+
+def build_augment(mode: str, *, is_3d: bool, ops_3d: str, seed: int,
+                  resize: Callable[[torch.Tensor], torch.Tensor]) -> Augmenter | None:
+    """The augmenter of `--augment MODE`: off -> None; affine -> `Augment2D`, or `Augment3D` with the
+    comma list `ops_3d`; augmix -> `ResizedAugMix` after `resize` (2D only)."""
+    if mode == "off":
+        return None
+    if mode == "augmix":
+        if is_3d:
+            raise VlmError("AugMix is a 2D augmentation: use --augment affine for volumes.")
+        return ResizedAugMix(resize, seed=seed)
+    if mode != "affine":
+        raise VlmError(f"Unknown augmentation '{mode}': choose one of {', '.join(AUGMENTS)}.")
+    return Augment3D(tuple(op for op in ops_3d.split(",") if op), seed=seed) if is_3d else Augment2D(seed=seed)
 
 
 def shape_transform_default(flag: str) -> bool:

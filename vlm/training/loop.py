@@ -203,8 +203,9 @@ def fit(
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     resume_hint = resume_hint or f"vlm train --resume {run_dir}"
-    trainer = _setup(model, train, val, config, ctx, device, run_dir,
-                     preprocess or medmnist_preprocess(config.image_size),
+    preprocess = preprocess or medmnist_preprocess(config.image_size, interpolation=config.interpolation,
+                                                   normalize=config.normalize)
+    trainer = _setup(model, train, val, config, ctx, device, run_dir, preprocess,
                      (progress or (lambda event: None)) if ctx.is_main else (lambda event: None))
     record_config = {**config.to_dict(), **(extra_config or {}), "device_used": str(device),
                      "precision": "bf16-autocast" if uses_bf16(device, config.amp) else "fp32",
