@@ -14,10 +14,12 @@ import os
 import platform
 import re
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -47,6 +49,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "run"
 
 
+_RUN_DIR_HOOK: ContextVar[Callable[[Path], None] | None] = ContextVar("new_run_dir_hook", default=None)
+
+
+@contextmanager
+def on_new_run_dir(callback: Callable[[Path], None]) -> Iterator[None]:
+    """Call `callback(folder)` for every run folder `new_run_dir` creates inside the block (how an
+    experiment worker learns its job's run folder, to resume it if the worker dies)."""
+    token = _RUN_DIR_HOOK.set(callback)
+    try:
+        yield
+    finally:
+        _RUN_DIR_HOOK.reset(token)
+
+
 def new_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
     """Create and return a fresh, uniquely named run folder; an existing one is never reused."""
     runs_dir = Path(runs_dir)
@@ -57,9 +73,12 @@ def new_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
             candidate = runs_dir / (f"{stamp}_{_slug(name)}" + (f"_{i}" if i else ""))
             try:
                 candidate.mkdir()
-                return candidate
             except FileExistsError:
                 continue
+            hook = _RUN_DIR_HOOK.get()
+            if hook is not None:
+                hook(candidate)
+            return candidate
     except OSError as exc:
         raise VlmError(f"Cannot create a run folder in {runs_dir}: {exc.strerror}.") from None
     raise VlmError(f"Too many runs named '{name}' this second in {runs_dir}.")
