@@ -1,7 +1,8 @@
 """`vlm`: the medvlm command line (typer + rich). Parses options, calls the library, renders.
 
 Each command group lives in its own module of `vlm.commands`; this file assembles them, in the order
-`vlm --help` lists them. Every command takes `--json` (one JSON object on stdout, nothing else).
+`vlm --help` lists them. Commands return data that `vlm.commands.output` renders: every command takes
+`--format table|markdown|csv|json` and `--json` (one JSON object on stdout, nothing else).
 Problems the user can fix print one line on stderr and exit with code 2 (`vlm.commands.common.VlmGroup`).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from vlm.commands import compare, data, experiments, plot, training, zeroshot
+from vlm.commands import compare, data, experiments, plot, prompts, training, zeroshot
 from vlm.commands.common import VlmGroup
 
 app = typer.Typer(
@@ -22,7 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(data.datasets_app, name="datasets")
 app.command("evaluate")(data.evaluate_cmd)
-app.add_typer(zeroshot.prompts_app, name="prompts")
+app.add_typer(prompts.prompts_app, name="prompts")
 app.command("zero-shot")(zeroshot.zero_shot_cmd)
 app.command("compare")(compare.compare_cmd)
 app.add_typer(plot.plot_app, name="plot")

@@ -251,10 +251,14 @@ def main(argv: list[str] | None = None) -> int:
               f"scores recomputed from them match S.npy to {(recomputed - ours).abs().max():.1e}")
         print(f"  pixels after preprocessing, in [0,1] units: max |ours - PIL| = {pix.max():.4f} "
               f"({pix.max() * 255:.1f} grey levels), mean {pix.mean():.5f}")
-        print(f"     ours: {enc.preprocess.interpolation} resize {data.images.shape[-1]}->{enc.preprocess.size} as torch "
-              + ("F.interpolate(antialias=True) (the PIL-style a = -0.5 kernel)" if ours_aa else
-                 "F.interpolate without antialias (bicubic a = -0.75 kernel)")
-              + ", in float, clamped to [0, 1], never rounded")
+        if enc.preprocess.resampler == "pil":
+            print(f"     ours: {enc.preprocess.interpolation} resize {data.images.shape[-1]}->{enc.preprocess.size} "
+                  f"as PIL's own fixed-point resampling redone in tensor ops (vlm.preprocess.pil_resize)")
+        else:
+            print(f"     ours: {enc.preprocess.interpolation} resize {data.images.shape[-1]}->{enc.preprocess.size} as "
+                  + ("torch F.interpolate(antialias=True) (the PIL-style a = -0.5 kernel)" if ours_aa else
+                     "torch F.interpolate without antialias (bicubic a = -0.75 kernel)")
+                  + ", in float, clamped to [0, 1], never rounded")
         print("     PIL:  Image.resize bicubic (a = -0.5 kernel, fixed-point weights), rounded to uint8 before ToTensor")
         print(f"     (for comparison, torch bicubic with antialias=True, the PIL-style kernel: max |d| = {pix_aa.max():.4f}"
               f" = {pix_aa.max() * 255:.1f} grey levels: PIL up to its uint8 rounding and fixed-point weights)")

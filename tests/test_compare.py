@@ -16,6 +16,7 @@ from cli import app
 from conftest import write_synthetic
 from vlm import compare
 from vlm.baselines import METHODS_2D, METHODS_3D, RESOURCE, STORED_COPIES, medmnist_baselines
+from vlm.commands.compare import to_csv, to_markdown
 from vlm.data import load_split
 from vlm.errors import VlmError
 from vlm.results import RunRecord, load_runs
@@ -235,12 +236,12 @@ def test_markdown_csv_json_outputs_parse(data_root, runs_dir):
         _run(data_root, runs_dir, "breastmnist", s)
     _run(data_root, runs_dir, "pathmnist", 0)
     table = compare.comparison_table(load_runs(runs_dir), baselines="medmnist")
-    md = compare.to_markdown(table)
+    md = to_markdown(table)
     lines = [line for line in md.splitlines() if line.startswith("|")]
     width = 1 + 2 * len(table.columns)
     assert all(line.count("|") - line.count("\\|") == width + 1 for line in lines)
     assert len(lines) == 2 + len(table.rows) and "**" in md
-    rows = list(csv.DictReader(io.StringIO(compare.to_csv(table))))
+    rows = list(csv.DictReader(io.StringIO(to_csv(table))))
     assert {r["column"] for r in rows} == {"breastmnist 28px test", "pathmnist 28px test"}
     mine = [r for r in rows if r["method"] == "train tiny" and r["dataset"] == "breastmnist"]
     assert len(mine) == 1 and mine[0]["n_seeds"] == "2" and float(mine[0]["auc_std"]) >= 0

@@ -81,7 +81,17 @@ def vitb32_weights(tmp_path_factory) -> Path:
     return path
 
 
+def pil_images(split: Split) -> list:
+    """The split's grey uint8 images as PIL images, what the libraries' own pipelines take."""
+    from PIL import Image
+
+    return [Image.fromarray(img[0].numpy()) for img in split.images]
+
+
 def test_open_clip_zero_shot_equals_open_clip_reference(vitb32_weights, tmp_path):
+    """Ours against open_clip's own pipeline: a model that `create_model_and_transforms` builds apart from ours
+    out of the same weights file, its `preprocess` on PIL images, `build_zero_shot_classifier`. The classifiers
+    are equal; the inputs agree to the grey level, so embeddings and scores agree to float precision (1e-5)."""
     import open_clip
     from open_clip import build_zero_shot_classifier
 
@@ -95,35 +105,46 @@ def test_open_clip_zero_shot_equals_open_clip_reference(vitb32_weights, tmp_path
     w = text_classifier(enc, ps, "t")
     ours = zero_shot_scores(emb, w, enc.logit_scale, "binary")
 
-    # open_clip's own zero-shot code on the loaded model, which must hold exactly the saved weights
-    reference = enc.model
-    saved = torch.load(vitb32_weights, weights_only=True)
-    assert all(torch.equal(v, saved[k]) for k, v in reference.state_dict().items())
+    reference, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(vitb32_weights))
+    reference.eval()
+    assert reference is not enc.model
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    x_ref = torch.stack([preprocess(img) for img in pil_images(split)])
+    std = torch.tensor(enc.preprocess.std).view(1, 3, 1, 1)
+    assert float(((enc.preprocess(split.images) - x_ref) * std * 255).abs().max()) < 1e-3  # the same pixels
     with torch.no_grad():
         w_ref = build_zero_shot_classifier(reference, tokenizer, ps.classes,
                                            [lambda c, t=t: t.format(label=c) for t in templates])
-        img_ref = reference.encode_image(enc.preprocess(split.images), normalize=True)
-        ref = (100.0 * img_ref @ w_ref).softmax(dim=-1)
+        img_ref = reference.encode_image(x_ref, normalize=True)
+        ref = (reference.logit_scale.exp() * img_ref @ w_ref).softmax(dim=-1)
     assert encoded == 4 and w.shape == w_ref.shape == (512, 2)
-    assert torch.allclose(w, w_ref, atol=1e-5)
+    assert torch.equal(w, w_ref)
     assert torch.allclose(emb, img_ref, atol=1e-5)
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- (a) equality with transformers
 def test_transformers_zero_shot_equals_hand_computation(tmp_path):
-    folder = write_tiny_hf_clip(tmp_path / "hf-clip")
+    """Ours against the checkpoint's own pipeline: CLIPModel and tokenizer loaded apart from ours, its
+    CLIPImageProcessor (PIL backend; torchvision's is <= 2 levels off, see test_preprocessing_reference.py)
+    on PIL images, CLIP's ensemble by hand. The same pixels, so scores agree to float precision."""
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    folder = write_tiny_hf_clip(tmp_path / "hf-clip", processor={"size": {"shortest_edge": 36},
+                                                                  "crop_size": {"height": 32, "width": 32}})
     enc = load_encoder(str(folder))
     ps = load_prompt_set("breastmnist")  # shipped file: unequal prompt counts per class
     split = random_split("breastmnist", 5)
     emb, _ = image_embeddings(enc, split, cache_dir=tmp_path / "cache")
     ours = zero_shot_scores(emb, text_classifier(enc, ps, "clip"), enc.logit_scale, "binary")
 
-    from transformers import AutoTokenizer, CLIPModel
-
     model = CLIPModel.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
+    processor = CLIPImageProcessorPil.from_pretrained(folder)
+    x = processor(images=pil_images(split), return_tensors="pt")["pixel_values"]
+    std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    assert float(((enc.preprocess(split.images) - x) * std * 255).abs().max()) < 1e-3  # the same pixels
     with torch.no_grad():
         columns = []
         for prompts in ps.expand("clip"):
@@ -131,9 +152,9 @@ def test_transformers_zero_shot_equals_hand_computation(tmp_path):
             feats = model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).pooler_output
             columns.append(F.normalize(F.normalize(feats, dim=-1).mean(dim=0), dim=-1))
         w_ref = torch.stack(columns, dim=1)
-        x = enc.preprocess(split.images)
         img = F.normalize(model.get_image_features(pixel_values=x).pooler_output, dim=-1)
         ref = (model.logit_scale.exp() * img @ w_ref).softmax(dim=-1)
+    assert torch.allclose(emb, img, atol=1e-5)
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
@@ -157,7 +178,7 @@ def test_tiny_trained_clip_reads_class_names(tiny_clip, tmp_path):
     })
     kwargs = dict(prompts=prompts, data_root=tmp_path, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache",
                   n_bootstrap=100)
-    res = {r["style"]: r for r in run_zero_shot("octmnist", "tiny", encoder=tiny_clip, **kwargs)}
+    res = {r["style"]: r for r in run_zero_shot("octmnist", "tiny", encoder=tiny_clip, styles="all", **kwargs)}
     assert res["right"]["n"] == 40 and res["right"]["images_encoded"] == 40
     assert res["right"]["acc"] >= 0.9 and res["right"]["auc"] >= 0.95
     assert res["shuffled"]["acc"] <= 0.25 and res["shuffled"]["auc"] < 0.5  # systematically wrong
@@ -276,8 +297,9 @@ def test_multi_label_run_uses_prompt_pairs(tmp_path):
     expected_pos = F.normalize(F.normalize(enc.encode_texts(pos), dim=-1).mean(0), dim=-1)
     expected_neg = F.normalize(F.normalize(enc.encode_texts(neg), dim=-1).mean(0), dim=-1)
     assert torch.allclose(w[:, 0, 1], expected_pos) and torch.allclose(w[:, 0, 0], expected_neg)
-    results = run_zero_shot("chestmnist", "fake", encoder=enc, data_root=tmp_path, runs_dir=tmp_path / "runs",
-                            cache_dir=tmp_path / "cache", n_bootstrap=0, save_scores=tmp_path / "s.npy")
+    results = run_zero_shot("chestmnist", "fake", encoder=enc, styles="all", data_root=tmp_path,
+                            runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", n_bootstrap=0,
+                            save_scores=tmp_path / "s.npy")
     assert [r["style"] for r in results] == ps.style_names
     for r in results:
         assert r["n"] == 20 and len(r["per_class"]) == 14 and r["auc_ci"] is None
@@ -368,7 +390,8 @@ def test_cli_table_save_scores_and_cache(tiny_oc_weights, data_root, tmp_path):
     base = ["zero-shot", "breastmnist", "--model", name, "--weights", str(weights), "--data-root", str(data_root),
             "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "20",
             "--device", "cpu"]
-    result = CliRunner().invoke(app, base + ["--save-scores", str(tmp_path / "scores.npy")], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, base + ["--style", "all", "--save-scores", str(tmp_path / "scores.npy")],
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "AUC [95% CI]" in result.stdout and "per-class ACC" in result.stdout and "descriptive" in result.stdout
     assert "encoded 20 images" in result.stdout

@@ -1,12 +1,10 @@
 """medvlm: medical image classification on MedMNIST with vision-language models.
 
-The library behind the `vlm` command. Modules, one job each:
-
-- `vlm.tasks`      TaskSpec for the 18 MedMNIST datasets, read from `medmnist.INFO`
-- `vlm.data`       locate, verify, download and load splits as resident uint8 tensors
-- `vlm.preprocess` tensor preprocessing on any device (float, grey->RGB, normalise, resize)
-- `vlm.evaluate`   the one evaluator: MedMNIST AUC/ACC in torch, CIs, ROC, confusion
-- `vlm.results`    run records (JSON + scores) written atomically under a runs folder
+The library behind the `vlm` command: packages `training`, `finetune`, `fewshot`, `encoders`,
+`evaluate`, `prompts`, `plots` and `commands` (the CLI layer, the only one that uses rich), and
+single-job modules such as `tasks`, `data`, `preprocess`, `zeroshot`, `results`, `compare` and
+`methods`. `docs/architecture.md` has the map: one paragraph per package, the data flow, and where to
+add a model, an encoder backend, a method kind or a prompt style.
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,8 @@
 """Head-to-head comparison of scored runs: one table across methods and datasets, and paired tests.
 
-`comparison_table(records)` builds a plain data structure (`ComparisonTable`); the renderers below
-turn it into a rich table, Markdown, CSV or JSON. Its rules:
+`comparison_table(records)` builds a plain data structure (`ComparisonTable`; `format_value` and
+`legend` give its cell notation as text); `vlm compare` shows it as a rich table, Markdown, CSV or
+JSON. Its rules:
 
 - **Rows are methods.** A method is the record's method + model + weights id + the config entries
   that define it (prompt style, fine-tuning mode, hyper-parameters, ...). Entries that only describe
@@ -15,8 +16,8 @@ turn it into a rich table, Markdown, CSV or JSON. Its rules:
 - **Published baselines** (`baselines="medmnist"`) are appended as rows marked published, with no CI,
   and only in test-split columns of their own size: the "ResNet-xx (28)" rows and every 28 px method
   (auto-sklearn, AutoKeras, Google AutoML Vision, all 3D methods) go to ``<flag> 28px test``, the
-  "ResNet-xx (224)" rows to ``<flag> 224px test``. Published values that could not be verified when
-  they were entered carry the note "unverified" (see `vlm.baselines`).
+  "ResNet-xx (224)" rows to ``<flag> 224px test``; every published value names its stored source
+  (see `vlm.baselines`).
 
 `pair_compare(run_a, run_b)` runs `vlm.evaluate.paired_bootstrap` on two runs' saved scores and
 refuses runs on different test sets (dataset, size, split or number of samples).
@@ -24,8 +25,6 @@ refuses runs on different test sets (dataset, size, split or number of samples).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import statistics
@@ -36,9 +35,7 @@ from typing import Any, Iterable, Sequence
 from vlm.errors import VlmError
 from vlm.files import finite_or_none
 from vlm.results import RunRecord, jsonable, load_run, load_scores
-from vlm.tasks import SPLITS, get_task
-
-FORMATS = ("table", "markdown", "csv", "json")
+from vlm.tasks import SPLITS, all_tasks, get_task
 
 # Config entries that describe one run, not the method (see the module docstring).
 RUN_SPECIFIC_KEYS = frozenset({
@@ -46,7 +43,7 @@ RUN_SPECIFIC_KEYS = frozenset({
     "scores_file", "checkpoint", "resume", "download", "num_workers", "workers", "verbose", "quiet",
     "log_every", "cache", "cache_dir", "best_epoch", "epochs_run", "stopped_epoch", "elapsed", "timings",
     "experiment_method", "device_used", "precision", "images_encoded", "l2", "l2_grid", "val_auc", "k_grid",
-    "best_val_auc", "stop_reason",
+    "best_val_auc", "stop_reason", "selection",
 })
 _RUN_SPECIFIC_SUFFIXES = ("_dir", "_path", "_file", "_root")
 
@@ -81,6 +78,7 @@ class Row:
     options: dict[str, Any] = field(default_factory=dict)
     published: bool = False
     source: str | None = None
+    test_selected: bool = False  # one of several prompt styles all scored on test: never marked best
 
 
 @dataclass
@@ -98,7 +96,7 @@ class Cell:
     run_ids: list[str] = field(default_factory=list)
     n: int | None = None  # test samples (None for published values)
     published: bool = False
-    note: str | None = None  # e.g. "unverified" for a published value
+    note: str | None = None  # e.g. runs whose AUC is undefined
     best_auc: bool = False
     best_acc: bool = False
 
@@ -137,8 +135,6 @@ class ComparisonTable:
             "rows": rows,
             "notes": list(self.notes),
         }
-
-
 
 
 # ----------------------------------------------------------------------------- method identity
@@ -208,15 +204,9 @@ def _ci(record: RunRecord, name: str) -> tuple[float, float] | None:
 
 
 def _column_order(col: Column) -> tuple:
-    order = {t.flag: i for i, t in enumerate(_all_flags())}
+    order = {t.flag: i for i, t in enumerate(all_tasks())}
     split = SPLITS.index(col.split) if col.split in SPLITS else len(SPLITS)
     return (order.get(col.dataset, len(order)), col.dataset, col.size, split, col.split)
-
-
-def _all_flags():
-    from vlm.tasks import all_tasks
-
-    return all_tasks()
 
 
 def _run_cell(records: list[RunRecord]) -> Cell:
@@ -243,8 +233,9 @@ def _run_cell(records: list[RunRecord]) -> Cell:
 
 
 def _mark_best(table: ComparisonTable) -> None:
+    barred = {r.key for r in table.rows if r.test_selected}
     for col in table.columns:
-        cells = [c for (_, ck), c in table.cells.items() if ck == col.key]
+        cells = [c for (rk, ck), c in table.cells.items() if ck == col.key and rk not in barred]
         for metric in ("auc", "acc"):
             values = [getattr(c, metric) for c in cells if getattr(c, metric) is not None]
             if not values:
@@ -266,8 +257,7 @@ def comparison_table(
     `records`: finished run records (`vlm.results.load_runs`), oldest first. `datasets`: keep only
     these flags. `baselines`: True or "medmnist" appends the published MedMNIST v2 results
     (see `vlm.baselines`) to the test-split columns of their size. The rules for rows, columns,
-    seeds and best marks are in the module docstring; render with `render_rich`, `to_markdown`,
-    `to_csv` or `ComparisonTable.to_dict`.
+    seeds and best marks are in the module docstring; `ComparisonTable.to_dict` is its JSON form.
 
     Example: `comparison_table(load_runs("runs"), ["breastmnist"], baselines="medmnist")`
     """
@@ -297,8 +287,11 @@ def comparison_table(
         columns[col_key] = Column(record.dataset, int(record.size), record.split)
 
     labels = method_labels(identities)
-    rows = [Row(key=k, label=labels[k], method=r.method, model=r.model, weights_id=r.weights_id,
-                options=method_options(r)) for k, r in identities.items()]
+    test_selected = {key for (key, _, _), rec in latest.items()
+                     if (rec.config.get("selection") or {}).get("split") == "test"}
+    rows = [Row(key=k, label=labels[k] + (" ‡" if k in test_selected else ""), method=r.method, model=r.model,
+                weights_id=r.weights_id, options=method_options(r), test_selected=k in test_selected)
+            for k, r in identities.items()]
     rows.sort(key=lambda r: (r.method, r.label))
     cells = {slot: _run_cell(recs) for slot, recs in grouped.items()}
 
@@ -310,8 +303,6 @@ def comparison_table(
         if rows_pub:
             notes.append("Published rows (Yang et al., Scientific Data 2023, Tables 3-4) are placed only in test "
                          "columns of their input size; '(224)' ResNets were trained on 28 px images upsampled to 224.")
-        if any(c.note == "unverified" for c in cells_pub.values()):
-            notes.append("Published values marked '?' could not be verified against a copy of the paper.")
 
     cols = sorted(columns.values(), key=_column_order)
     for col in cols:
@@ -337,13 +328,11 @@ def _baseline_rows(name: str, columns: list[Column], flags: list[str] | None) ->
             key = f"published:{name}:{entry['method']}"
             rows.setdefault(key, Row(key=key, label=f"{entry['method']} (published)", method=entry["method"],
                                      model=entry["method"], published=True, source=entry["source"]))
-            check = entry.get("check", "confirmed")
-            note = "unverified" if check == "unverified" else ("ACC unverified" if check == "partial" else None)
-            cells[(key, col.key)] = Cell(auc=entry["auc"], acc=entry["acc"], n_seeds=0, published=True, note=note)
+            cells[(key, col.key)] = Cell(auc=entry["auc"], acc=entry["acc"], n_seeds=0, published=True)
     return list(rows.values()), cells
 
 
-# ----------------------------------------------------------------------------- rendering
+# ----------------------------------------------------------------------------- cell notation
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -355,8 +344,7 @@ def format_value(cell: Cell, metric: str) -> str:
         return "-"
     text = f"{value:.3f}"
     if cell.published:
-        unverified = cell.note == "unverified" or (cell.note == "ACC unverified" and metric == "acc")
-        return text + "†" + ("?" if unverified else "")
+        return text + "†"
     std = getattr(cell, f"{metric}_std")
     ci = getattr(cell, f"{metric}_ci")
     if cell.n_seeds > 1:
@@ -370,88 +358,11 @@ def legend(table: ComparisonTable, best_mark: str = "in bold") -> str:
     """One line explaining the cell notation."""
     parts = ["single run: value [95% bootstrap CI]", "several seeds: mean ± std (n seeds)",
              f"best per column {best_mark}"]
+    if any(r.test_selected for r in table.rows):
+        parts.append("‡ one of several prompt styles scored on test, not selected on val (never marked best)")
     if any(r.published for r in table.rows):
-        parts.append("† published (no CI); ? unverified published value")
+        parts.append("† published (no CI)")
     return "; ".join(parts) + "."
-
-
-def _header(table: ComparisonTable) -> list[str]:
-    return ["method"] + [f"{c.label} {m}" for c in table.columns for m in ("AUC", "ACC")]
-
-
-def to_markdown(table: ComparisonTable) -> str:
-    """A Markdown table (best values in bold) followed by the legend and notes."""
-    head = _header(table)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    for row in table.rows:
-        values = [row.label.replace("|", "\\|")]
-        for col in table.columns:
-            cell = table.cell(row, col)
-            for metric in ("auc", "acc"):
-                if cell is None:
-                    values.append("")
-                    continue
-                text = format_value(cell, metric)
-                values.append(f"**{text}**" if getattr(cell, f"best_{metric}") else text)
-        lines.append("| " + " | ".join(values) + " |")
-    lines += ["", legend(table)] + [f"- {note}" for note in table.notes]
-    return "\n".join(lines) + "\n"
-
-
-CSV_FIELDS = ("method", "published", "dataset", "size", "split", "column", "auc", "auc_lo", "auc_hi", "auc_std",
-              "acc", "acc_lo", "acc_hi", "acc_std", "n_seeds", "n", "best_auc", "best_acc", "note", "run_ids")
-
-
-def to_csv(table: ComparisonTable) -> str:
-    """Long format: one line per (method, column) with numbers in separate fields."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in table.rows:
-        for col in table.columns:
-            cell = table.cell(row, col)
-            if cell is None:
-                continue
-            line: dict[str, Any] = {"method": row.label, "published": row.published, "dataset": col.dataset,
-                                    "size": col.size, "split": col.split, "column": col.label,
-                                    "n_seeds": cell.n_seeds, "n": cell.n, "best_auc": cell.best_auc,
-                                    "best_acc": cell.best_acc, "note": cell.note or "",
-                                    "run_ids": " ".join(cell.run_ids)}
-            for metric in ("auc", "acc"):
-                ci = getattr(cell, f"{metric}_ci")
-                line[metric] = getattr(cell, metric)
-                line[f"{metric}_lo"], line[f"{metric}_hi"] = ci if ci else ("", "")
-                line[f"{metric}_std"] = getattr(cell, f"{metric}_std")
-            writer.writerow({k: ("" if v is None else v) for k, v in line.items()})
-    return buf.getvalue()
-
-
-def render_rich(table: ComparisonTable, title: str = "Comparison"):
-    """A rich Table (best values bold green and starred, so plain text shows them too; published rows dim
-    italic) with the legend as caption."""
-    from rich.markup import escape
-    from rich.table import Table
-    from rich.text import Text
-
-    caption = legend(table, best_mark="starred *") + "".join(f"\n{n}" for n in table.notes)
-    out = Table(title=escape(title), title_justify="left", caption=escape(caption), caption_justify="left")
-    out.add_column("method", overflow="fold")
-    for col in table.columns:
-        for metric in ("AUC", "ACC"):
-            out.add_column(f"{col.label}\n{metric}", justify="right")
-    for row in table.rows:
-        values: list[Any] = [Text(row.label, style="italic" if row.published else "")]
-        for col in table.columns:
-            cell = table.cell(row, col)
-            for metric in ("auc", "acc"):
-                if cell is None:
-                    values.append("")
-                    continue
-                best = getattr(cell, f"best_{metric}")
-                style = "bold green" if best else ("dim" if cell.published else "")
-                values.append(Text(format_value(cell, metric) + (" *" if best else ""), style=style))
-        out.add_row(*values)
-    return out
 
 
 # ----------------------------------------------------------------------------- paired comparison
@@ -528,7 +439,7 @@ def pair_compare(
 
 
 def pair_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The pair result as one flat row per metric (for tables and CSV)."""
+    """The `pair_compare` result as one flat row per metric (for tables and CSV)."""
     rows = []
     for metric in ("auc", "acc"):
         m = result[metric]
@@ -536,40 +447,3 @@ def pair_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"metric": metric.upper(), "a": m["a"], "b": m["b"], "diff": m["diff"], "ci_lo": lo, "ci_hi": hi,
                      "p_value": m["p_value"], "rounds": m["rounds"]})
     return rows
-
-
-def pair_markdown(result: dict[str, Any]) -> str:
-    head = (f"**a** = {result['a']['label']} ({result['a']['run_id']}), **b** = {result['b']['label']} "
-            f"({result['b']['run_id']}) on {result['dataset']} {result['size']}px {result['split']} (n={result['n']}), "
-            f"paired bootstrap, {result['n_bootstrap']} rounds, seed {result['seed']}")
-    lines = [head, "", "| metric | a | b | a - b | 95% CI | p |", "|---|---:|---:|---:|---:|---:|"]
-    for r in pair_rows(result):
-        ci = "-" if r["ci_lo"] is None else f"[{r['ci_lo']:.4f}, {r['ci_hi']:.4f}]"
-        lines.append(f"| {r['metric']} | {r['a']:.4f} | {r['b']:.4f} | {r['diff']:+.4f} | {ci} | {r['p_value']:.4f} |")
-    return "\n".join(lines) + "\n"
-
-
-def pair_csv(result: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    fields = ("metric", "a", "b", "diff", "ci_lo", "ci_hi", "p_value", "rounds")
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in pair_rows(result):
-        writer.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
-    return buf.getvalue()
-
-
-def pair_rich(result: dict[str, Any]):
-    from rich.markup import escape
-    from rich.table import Table
-
-    title = (f"a = {result['a']['label']} ({result['a']['run_id']})\nb = {result['b']['label']} "
-             f"({result['b']['run_id']})\n{result['dataset']} {result['size']}px {result['split']}, n={result['n']}, "
-             f"paired bootstrap ({result['n_bootstrap']} rounds)")
-    table = Table(title=escape(title), title_justify="left")
-    for col in ("metric", "a", "b", "a - b", "95% CI", "p"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for r in pair_rows(result):
-        ci = "-" if r["ci_lo"] is None else f"[{r['ci_lo']:.4f}, {r['ci_hi']:.4f}]"
-        table.add_row(r["metric"], f"{r['a']:.4f}", f"{r['b']:.4f}", f"{r['diff']:+.4f}", ci, f"{r['p_value']:.4f}")
-    return table

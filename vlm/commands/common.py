@@ -1,23 +1,22 @@
-"""What every `vlm` command shares: the consoles, the click group that turns user errors into one
-line and exit code 2, help reflowing, the common options and progress helpers."""
+"""What every `vlm` command shares: the click group that turns user errors into one line and exit
+code 2, help reflowing, the common options and `command`, which makes a function that returns an
+`Output` a command with --format/--json and option groups."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
-import json
-import sys
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from vlm.commands.output import FormatOpt, JsonOpt, Output, emit, err, resolve_format
 from vlm.errors import VlmError
-
-out = Console()
-err = Console(stderr=True)
 
 
 def reflow(text: str | None) -> str | None:
@@ -63,7 +62,50 @@ class VlmGroup(TyperGroup):
             raise typer.Exit(130) from None
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+def command(func: Callable[..., Output | None]) -> Callable[..., None]:
+    """A `vlm` command from a function that returns an `Output` (None: nothing to show).
+
+    The command gets --format (unless the function places `fmt: FormatOpt` itself, and then it
+    receives the resolved format) and --json, an alias of --format json, as its last options. A
+    parameter typed with an option-group dataclass stands for that group's options, in place, and
+    receives them as one instance. The format is checked before the work starts and `emit` prints
+    what the function returns.
+    """
+    hints = typing.get_type_hints(func, include_extras=True)
+    groups: dict[str, Any] = {}
+    params: list[inspect.Parameter] = []
+    for p in inspect.signature(func).parameters.values():
+        kind = hints.get(p.name, p.annotation)
+        if dataclasses.is_dataclass(kind):
+            groups[p.name] = kind
+            group_hints = typing.get_type_hints(kind, include_extras=True)
+            params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                         annotation=group_hints[f.name]) for f in dataclasses.fields(kind)]
+        else:
+            params.append(p.replace(annotation=kind))
+    takes_fmt = "fmt" in hints
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    if not takes_fmt:
+        params.append(inspect.Parameter("fmt", keyword, default="table", annotation=FormatOpt))
+    params.append(inspect.Parameter("as_json", keyword, default=False, annotation=JsonOpt))
+
+    @functools.wraps(func)
+    def run(**kwargs: Any) -> None:
+        fmt = resolve_format(kwargs.pop("fmt"), kwargs.pop("as_json"))
+        for name, kind in groups.items():
+            kwargs[name] = kind(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(kind)})
+        emit(func(**kwargs, fmt=fmt) if takes_fmt else func(**kwargs), fmt)
+
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (typer passes None for the others)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 DataRootOpt = Annotated[
     Optional[Path],
     typer.Option("--data-root", help="Folder with MedMNIST .npz files \\[default: $VLM_DATA_ROOT, else ~/.medmnist].",
@@ -77,60 +119,6 @@ RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Folder that holds 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (bootstrap resampling, training, sampling).")]
 BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap rounds for 95% confidence intervals (0: none).")]
 FlagArg = Annotated[str, typer.Argument(help="Dataset flag, e.g. breastmnist or vesselmnist3d (see `vlm datasets`).")]
-
-
-def print_json(obj: Any) -> None:
-    """One JSON object on stdout (plain print: no rich markup or wrapping)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-PromptsFileOpt = Annotated[
-    Optional[Path],
-    typer.Option("--prompts", help="A prompt-set YAML file to use instead of the shipped prompts/<flag>.yaml.",
-                 show_default=False),
-]
-StyleOpt = Annotated[str, typer.Option("--style", help="Prompt style(s): a name, a comma list (clip,descriptive) "
-                                                       "or 'all'.")]
-
-ModelOpt = Annotated[str, typer.Option(
-    "--model", "-m", help="Encoder: an alias (biomedclip, clip-vit-b-32, clip-vit-b-16, plip, pubmedclip, quiltnet), "
-                          "an open_clip name (ViT-B-32, ViT-B-32:laion2b_s34b_b79k, hf-hub:ORG/REPO, local-dir:FOLDER) "
-                          "or a transformers hub id / local folder.", show_default=False)]
-WeightsOpt = Annotated[Optional[str], typer.Option(
-    "--weights", help="Local weights file (torch.save state dict or .safetensors) for the --model architecture; "
-                      "for an open_clip architecture also a pretrained tag (openai, laion2b_s34b_b79k, ...).",
-    show_default=False)]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda if available), cpu, cuda or cuda:N.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per forward pass when encoding (3D: slices).")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(
     "--cache-dir", help="Image-embedding cache folder (default: $VLM_CACHE_DIR, else ~/.cache/medvlm/embeddings).",
     show_default=False)]
-SliceAxisOpt = Annotated[int, typer.Option(
-    "--slice-axis", help="3D only: encode volumes slice by slice along this axis, 0/1/2 = D/H/W.")]
-PoolOpt = Annotated[str, typer.Option("--pool", help="3D only: pool slice embeddings per volume by mean or max.")]
-
-
-class EncodeProgress:
-    """Drives a rich progress task from `image_embeddings(progress=...)` (set_total, then advances)."""
-
-    def __init__(self, progress: Any, description: str, **fields: Any) -> None:
-        self.progress = progress
-        self.description = description
-        self.fields = fields
-        self.task: Any = None
-
-    def set_total(self, total: int) -> None:
-        if total:
-            self.task = self.progress.add_task(self.description, total=total, **self.fields)
-
-    def __call__(self, advance: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, advance)
-
-
-def encode_progress(as_json: bool, description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err if as_json else out, transient=True)
-    return progress, EncodeProgress(progress, description)

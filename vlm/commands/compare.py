@@ -1,35 +1,104 @@
-"""`vlm compare`: the comparison table, baselines and the paired bootstrap."""
+"""`vlm compare`: the comparison table, baselines and the paired bootstrap, and their views."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from vlm.commands.common import (
-    BootstrapOpt,
-    DataRootOpt,
-    JsonOpt,
-    SeedOpt,
-    out,
-    print_json,
-)
+from vlm.commands.common import BootstrapOpt, DataRootOpt, SeedOpt, command
+from vlm.commands.output import Cell, Column, FormatOpt, Output, Styled, Table, columns, render_text
 from vlm.errors import VlmError
 
-FormatOpt = Annotated[str, typer.Option("--format", help="Output format: table (rich), markdown, csv or json.")]
+if TYPE_CHECKING:
+    from vlm.compare import ComparisonTable
+
+CSV_FIELDS = ("method", "published", "dataset", "size", "split", "column", "auc", "auc_lo", "auc_hi", "auc_std",
+              "acc", "acc_lo", "acc_hi", "acc_std", "n_seeds", "n", "best_auc", "best_acc", "note", "run_ids")
+PAIR_CSV_FIELDS = ("metric", "a", "b", "diff", "ci_lo", "ci_hi", "p_value", "rounds")
 
 
-def _emit_text(text: str) -> None:
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+def _csv_rows(table: ComparisonTable) -> list[list[Any]]:
+    """Long format: one row per (method, column) with the numbers in separate fields."""
+    rows = []
+    for row in table.rows:
+        for col in table.columns:
+            cell = table.cell(row, col)
+            if cell is None:
+                continue
+            line: dict[str, Any] = {"method": row.label, "published": row.published, "dataset": col.dataset,
+                                    "size": col.size, "split": col.split, "column": col.label,
+                                    "n_seeds": cell.n_seeds, "n": cell.n, "best_auc": cell.best_auc,
+                                    "best_acc": cell.best_acc, "note": cell.note or "",
+                                    "run_ids": " ".join(cell.run_ids)}
+            for metric in ("auc", "acc"):
+                ci = getattr(cell, f"{metric}_ci")
+                line[metric] = getattr(cell, metric)
+                line[f"{metric}_lo"], line[f"{metric}_hi"] = ci if ci else ("", "")
+                line[f"{metric}_std"] = getattr(cell, f"{metric}_std")
+            rows.append([line[k] for k in CSV_FIELDS])
+    return rows
 
 
+def comparison_output(table: ComparisonTable, title: str = "Comparison") -> Output:
+    """The comparison as data (`to_dict`), a rich table (best values starred, published rows dim italic,
+    the legend as caption), a Markdown table (best values bold) and a long-format CSV."""
+    from vlm.compare import format_value, legend
+
+    cols = [Column("method", overflow="fold")] + [Column(f"{c.label}\n{m}", "right") for c in table.columns
+                                                  for m in ("AUC", "ACC")]
+    rows: list[list[Cell]] = []
+    for row in table.rows:
+        values: list[Cell] = [Styled(row.label, style="italic" if row.published else "")]
+        for col in table.columns:
+            cell = table.cell(row, col)
+            values += ["" if cell is None else Styled(format_value(cell, m), style="dim" if cell.published else "",
+                                                      best=getattr(cell, f"best_{m}")) for m in ("auc", "acc")]
+        rows.append(values)
+    caption = legend(table, best_mark="starred *") + "".join(f"\n{n}" for n in table.notes)
+    notes = "\n".join([legend(table), *(f"- {n}" for n in table.notes)])
+    return Output(table.to_dict(), [Table(cols, rows, title=title, caption=caption, formats=("table",)),
+                                    Table(cols, rows, caption=notes, formats=("markdown",)),
+                                    Table(columns(*CSV_FIELDS), _csv_rows(table), formats=("csv",))])
+
+
+def to_markdown(table: ComparisonTable) -> str:
+    """The comparison as a Markdown table (best values in bold), then the legend and notes."""
+    return render_text(comparison_output(table), "markdown")
+
+
+def to_csv(table: ComparisonTable) -> str:
+    """The comparison in long CSV format: one line per (method, column), numbers in separate fields."""
+    return render_text(comparison_output(table), "csv")
+
+
+def pair_output(result: dict[str, Any]) -> Output:
+    """A `pair_compare` result: a table of a, b, a - b with its CI and p per metric (CSV: raw numbers)."""
+    from vlm.compare import pair_rows
+
+    a, b = result["a"], result["b"]
+    rows = [[r["metric"], f"{r['a']:.4f}", f"{r['b']:.4f}", f"{r['diff']:+.4f}",
+             "-" if r["ci_lo"] is None else f"[{r['ci_lo']:.4f}, {r['ci_hi']:.4f}]", f"{r['p_value']:.4f}"]
+            for r in pair_rows(result)]
+    cols = columns("metric", "a", "b", "a - b", "95% CI", "p", right=("a", "b", "a - b", "95% CI", "p"))
+    title = (f"a = {a['label']} ({a['run_id']})\nb = {b['label']} ({b['run_id']})\n{result['dataset']} "
+             f"{result['size']}px {result['split']}, n={result['n']}, paired bootstrap ({result['n_bootstrap']} rounds)")
+    head = (f"**a** = {a['label']} ({a['run_id']}), **b** = {b['label']} ({b['run_id']}) on {result['dataset']} "
+            f"{result['size']}px {result['split']} (n={result['n']}), paired bootstrap, {result['n_bootstrap']} "
+            f"rounds, seed {result['seed']}")
+    numbers = [[r[k] for k in PAIR_CSV_FIELDS] for r in pair_rows(result)]
+    return Output(result, [Table(cols, rows, title=title, formats=("table",)),
+                           Table(cols, rows, title=head, formats=("markdown",)),
+                           Table(columns(*PAIR_CSV_FIELDS), numbers, formats=("csv",))])
+
+
+@command
 def compare_cmd(
     runs_dir: Annotated[Path, typer.Argument(help="Folder that holds run records (one sub-folder per run).")] = Path("runs"),
     dataset: Annotated[Optional[list[str]], typer.Option(
         "--dataset", "-d", help="Only runs of this dataset flag (repeatable).", show_default=False)] = None,
-    fmt: FormatOpt = "table",
+    fmt: FormatOpt = "table",  # rendered by `command`; declared here for its place in --help
     baselines: Annotated[Optional[str], typer.Option(
         "--baselines", help="Append published results to test columns: medmnist (MedMNIST v2 paper, Tables 3-4).",
         show_default=False)] = None,
@@ -43,8 +112,7 @@ def compare_cmd(
         "--threshold", help="With --pair: decision threshold for binary/multi-label ACC \\[default: the runs' own].",
         show_default=False)] = None,
     data_root: DataRootOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+) -> Output:
     """Compare runs head to head: one row per method, one column per dataset/size/split.
 
     Cells show AUC and ACC with 95% bootstrap CIs (one run) or mean ± std over seeds; the best per
@@ -56,21 +124,9 @@ def compare_cmd(
     from vlm import compare
     from vlm.results import load_runs
 
-    fmt = "json" if as_json else fmt.lower()
-    if fmt not in compare.FORMATS:
-        raise VlmError(f"Unknown --format '{fmt}': choose one of {', '.join(compare.FORMATS)}.")
     if pair:
-        result = compare.pair_compare(pair[0], pair[1], bootstrap, seed, data_root=data_root, runs_dir=runs_dir,
-                                      threshold=threshold)
-        if fmt == "json":
-            print_json(result)
-        elif fmt == "markdown":
-            _emit_text(compare.pair_markdown(result))
-        elif fmt == "csv":
-            _emit_text(compare.pair_csv(result))
-        else:
-            out.print(compare.pair_rich(result))
-        return
+        return pair_output(compare.pair_compare(pair[0], pair[1], bootstrap, seed, data_root=data_root,
+                                                runs_dir=runs_dir, threshold=threshold))
     if baselines is not None:
         from vlm.baselines import BASELINE_SETS
 
@@ -87,11 +143,4 @@ def compare_cmd(
             present = sorted({r.dataset for r in records})
             raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
     table = compare.comparison_table(records, dataset, baselines=baselines or False)
-    if fmt == "json":
-        print_json(table.to_dict())
-    elif fmt == "markdown":
-        _emit_text(compare.to_markdown(table))
-    elif fmt == "csv":
-        _emit_text(compare.to_csv(table))
-    else:
-        out.print(compare.render_rich(table, title=f"Comparison of runs in {runs_dir}"))
+    return comparison_output(table, title=f"Comparison of runs in {runs_dir}")

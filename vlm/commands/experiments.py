@@ -7,16 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from vlm.commands.common import (
-    CacheDirOpt,
-    DataRootOpt,
-    JsonOpt,
-    err,
-    out,
-    print_json,
-)
+
+from vlm.commands.common import CacheDirOpt, DataRootOpt, command
+from vlm.commands.output import FormatOpt, Line, Output, status_console
 
 
+@command
 def run_cmd(
     experiment: Annotated[Path, typer.Argument(help="Experiment file (YAML): datasets x methods x seeds; "
                                                      "see experiments/*.yaml.", show_default=False)],
@@ -41,8 +37,8 @@ def run_cmd(
         "--time", help="Minutes per job (the SLURM time limit) \\[default: 60].", show_default=False)] = None,
     array_parallelism: Annotated[Optional[int], typer.Option(
         "--array-parallelism", help="SLURM array tasks at once \\[default: 16].", show_default=False)] = None,
-    as_json: JsonOpt = False,
-) -> None:
+    fmt: FormatOpt = "table",
+) -> Output:
     """Run every job of an experiment file that has no finished record yet.
 
     A job is (method, dataset, size, seed); its key is stored in each record, so an interrupted
@@ -54,8 +50,6 @@ def run_cmd(
 
     Example: [bold]vlm run experiments/breast_vessel.yaml --data-root ../shared/data/medmnist --workers 2[/]
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from vlm.experiments import load_experiment, pending_jobs
     from vlm.launch import run_matrix
 
@@ -69,12 +63,13 @@ def run_cmd(
     summary = {"experiment": exp.name, "runs_dir": str(folder), "jobs": len(jobs), "skipped": len(jobs) - len(todo),
                "ran": [], "pending": [j.label for j in todo] if dry_run else [], "failed": [], "left": [],
                "problems": []}
-    console = err if as_json else out
     if not dry_run and todo:
+        from vlm.commands.progress import job_progress
+
+        console = status_console(fmt)
         console.print(f"{exp.name}: {len(todo)} of {len(jobs)} jobs to run ({len(jobs) - len(todo)} already finished) "
                       f"-> {folder}", highlight=False)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as bar:
+        with job_progress(console) as bar:
             overall = bar.add_task("experiment", total=len(todo))
 
             def show(status) -> None:
@@ -87,22 +82,15 @@ def run_cmd(
                                    cache_dir=cache_dir, settings=settings, on_status=show)
         summary.update(ran=status.done, left=status.left, problems=status.problems,
                        failed=[{"job": f.job, "log": f.log, "error": f.error} for f in status.failed])
-    if as_json:
-        print_json(summary)
-    else:
-        verb = "to run" if dry_run else "ran"
-        listed = summary["pending"] if dry_run else summary["ran"]
-        out.print(f"{exp.name}: {len(jobs)} jobs, {summary['skipped']} already finished, {len(listed)} {verb}" +
-                  "".join(f"\n  {escape(label)}" for label in listed), highlight=False)
-        for failure in summary["failed"]:
-            out.print(f"[red]failed[/] {escape(failure['job'])}: {escape(str(failure['error']))}\n  log: "
-                      f"{escape(str(failure['log']))}", highlight=False)
-        for label in summary["left"]:
-            out.print(f"[yellow]not run[/] {escape(label)} (its worker stopped; `vlm run` again continues it)",
-                      highlight=False)
-        for problem in summary["problems"]:
-            out.print(f"[red]launcher[/] {escape(problem)}", highlight=False)
-        if not dry_run:
-            out.print(f"compare: [bold]vlm compare {folder} --baselines medmnist[/]", highlight=False)
-    if summary["failed"] or summary["left"]:
-        raise typer.Exit(1)
+    verb = "to run" if dry_run else "ran"
+    listed = summary["pending"] if dry_run else summary["ran"]
+    blocks = [Line(f"{escape(exp.name)}: {len(jobs)} jobs, {summary['skipped']} already finished, {len(listed)} {verb}"
+                   + "".join(f"\n  {escape(label)}" for label in listed))]
+    blocks += [Line(f"[red]failed[/] {escape(f['job'])}: {escape(str(f['error']))}\n  log: {escape(str(f['log']))}")
+               for f in summary["failed"]]
+    blocks += [Line(f"[yellow]not run[/] {escape(label)} (its worker stopped; `vlm run` again continues it)")
+               for label in summary["left"]]
+    blocks += [Line(f"[red]launcher[/] {escape(problem)}") for problem in summary["problems"]]
+    if not dry_run:
+        blocks.append(Line(f"compare: [bold]vlm compare {escape(str(folder))} --baselines medmnist[/]"))
+    return Output(summary, blocks, exit_code=1 if summary["failed"] or summary["left"] else 0)

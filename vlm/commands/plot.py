@@ -6,19 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
-from vlm.commands.common import (
-    DataRootOpt,
-    FlagArg,
-    JsonOpt,
-    RunsDirOpt,
-    SeedOpt,
-    SizeOpt,
-    SplitOpt,
-    VlmGroup,
-    out,
-    print_json,
-)
+from vlm.commands.common import DataRootOpt, FlagArg, RunsDirOpt, SeedOpt, SizeOpt, SplitOpt, VlmGroup, command
+from vlm.commands.output import Line, Output
 from vlm.errors import VlmError
 
 plot_app = typer.Typer(cls=VlmGroup, no_args_is_help=True,
@@ -27,16 +18,13 @@ plot_app = typer.Typer(cls=VlmGroup, no_args_is_help=True,
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Figure file to write: .png or .svg (written atomically).")]
 
 
-def _wrote(path: Path, as_json: bool) -> None:
-    if as_json:
-        print_json({"file": str(path)})
-    else:
-        from rich.markup import escape
-
-        out.print(f"wrote [bold]{escape(str(path))}[/]")
+def _wrote(path: Path) -> Output:
+    """The figure file written: {"file": path} (table: 'wrote PATH')."""
+    return Output({"file": str(path)}, [Line(f"wrote [bold]{escape(str(path))}[/]", highlight=True)])
 
 
 @plot_app.command("roc")
+@command
 def plot_roc_cmd(
     flag: FlagArg,
     out_file: OutOpt,
@@ -47,8 +35,7 @@ def plot_roc_cmd(
         "--run", help="Only this run (id in --runs-dir or a run folder); repeatable \\[default: all runs of FLAG].",
         show_default=False)] = None,
     data_root: DataRootOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+) -> Output:
     """ROC curves of the runs on one test set, one curve per run, AUC in the legend.
 
     Multi-class and multi-label: a macro curve per run, plus per-class curves when one run is shown.
@@ -73,16 +60,16 @@ def plot_roc_cmd(
         records = [r for r in load_runs(runs_dir) if r.dataset == task.flag and int(r.size) == size and r.split == split]
         if not records:
             raise VlmError(f"No finished runs of {task.flag} ({size}px, {split} split) found in {runs_dir}.")
-    _wrote(roc_figure(records, out_file, data_root=data_root), as_json)
+    return _wrote(roc_figure(records, out_file, data_root=data_root))
 
 
 @plot_app.command("confusion")
+@command
 def plot_confusion_cmd(
     run: Annotated[str, typer.Argument(help="Run id in --runs-dir, or a run folder.")],
     out_file: OutOpt,
     runs_dir: RunsDirOpt = Path("runs"),
-    as_json: JsonOpt = False,
-) -> None:
+) -> Output:
     """Confusion matrix of a run: counts and row-normalised rates (multi-label: TN/FP/FN/TP per label).
 
     Example: [bold]vlm plot confusion 20240101-120000_breastmnist_train_resnet18 --out cm.svg[/]
@@ -90,10 +77,11 @@ def plot_confusion_cmd(
     from vlm.compare import resolve_run
     from vlm.plots import confusion_figure
 
-    _wrote(confusion_figure(resolve_run(run, runs_dir), out_file), as_json)
+    return _wrote(confusion_figure(resolve_run(run, runs_dir), out_file))
 
 
 @plot_app.command("styles")
+@command
 def plot_styles_cmd(
     flag: FlagArg,
     out_file: OutOpt,
@@ -103,8 +91,7 @@ def plot_styles_cmd(
     split: SplitOpt = "test",
     size: Annotated[Optional[int], typer.Option(
         "--size", help="Image size of the runs \\[default: the only one].", show_default=False)] = None,
-    as_json: JsonOpt = False,
-) -> None:
+) -> Output:
     """Prompt styles of a dataset's zero-shot runs: AUC and ACC per style with 95% CI error bars.
 
     Example: [bold]vlm plot styles breastmnist --model ViT-B-32 --out styles.png[/]
@@ -112,10 +99,11 @@ def plot_styles_cmd(
     from vlm.plots import styles_figure
     from vlm.results import load_runs
 
-    _wrote(styles_figure(load_runs(runs_dir), flag, out_file, model=model, split=split, size=size), as_json)
+    return _wrote(styles_figure(load_runs(runs_dir), flag, out_file, model=model, split=split, size=size))
 
 
 @plot_app.command("montage")
+@command
 def plot_montage_cmd(
     flag: FlagArg,
     out_file: OutOpt,
@@ -124,19 +112,19 @@ def plot_montage_cmd(
     split: Annotated[str, typer.Option("--split", help="Split the samples are drawn from: train, val or test.")] = "train",
     per_class: Annotated[int, typer.Option("--per-class", help="Samples shown per class.")] = 8,
     seed: SeedOpt = 0,
-    as_json: JsonOpt = False,
-) -> None:
+) -> Output:
     """Random samples per class (3D: middle slices along each axis) and class counts per split.
 
     Example: [bold]vlm plot montage vesselmnist3d --data-root ../shared/data/medmnist --out vessel.png[/]
     """
     from vlm.plots import montage_figure
 
-    _wrote(montage_figure(flag, out_file, data_root=data_root, size=size, split=split, per_class=per_class,
-                          seed=seed), as_json)
+    return _wrote(montage_figure(flag, out_file, data_root=data_root, size=size, split=split, per_class=per_class,
+                                 seed=seed))
 
 
 @plot_app.command("embeddings")
+@command
 def plot_embeddings_cmd(
     flag: FlagArg,
     out_file: OutOpt,
@@ -150,13 +138,12 @@ def plot_embeddings_cmd(
     limit: Annotated[int, typer.Option("--limit", help="Plot a random subset of this many images (0: all).")] = 2000,
     seed: SeedOpt = 0,
     device: Annotated[str, typer.Option("--device", help="Device that runs the encoder: auto, cpu, cuda or cuda:N.")] = "auto",
-    as_json: JsonOpt = False,
-) -> None:
+) -> Output:
     """PCA or t-SNE scatter of an encoder's image embeddings of a split, coloured by class.
 
     Example: [bold]vlm plot embeddings breastmnist --model ViT-B-32 --weights openai --method tsne --out emb.png[/]
     """
     from vlm.plots import embeddings_figure
 
-    _wrote(embeddings_figure(flag, model, out_file, weights=weights, method=method.lower(), split=split, size=size,
-                             data_root=data_root, limit=limit or None, seed=seed, device=device), as_json)
+    return _wrote(embeddings_figure(flag, model, out_file, weights=weights, method=method.lower(), split=split,
+                                    size=size, data_root=data_root, limit=limit or None, seed=seed, device=device))

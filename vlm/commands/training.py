@@ -6,161 +6,15 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from vlm.commands.common import (
-    DataRootOpt,
-    DownloadOpt,
-    EncodeProgress,
-    JsonOpt,
-    err,
-    out,
-    print_json,
-)
+from vlm.commands.common import given, command
+from vlm.commands.output import FormatOpt, Output, Table, columns
+from vlm.commands.training_options import ImageSizeOpt, Recipe, RunControl, RunPlace, TrainFlagArg, TrainSizeOpt
+from vlm.commands.training_options import TrainWeightsOpt, config_options, run_training, training_output
 from vlm.errors import VlmError
 
-TrainFlagArg = Annotated[Optional[str], typer.Argument(
-    help="Dataset flag, e.g. breastmnist or vesselmnist3d (optional with --resume).", show_default=False)]
-TrainSizeOpt = Annotated[Optional[int], typer.Option(
-    "--size", help="Image size of the dataset file: 28/64/128/224 (2D), 28/64 (3D) \\[default: 28].", show_default=False)]
-ImageSizeOpt = Annotated[Optional[int], typer.Option(
-    "--image-size", help="Resize images to this many pixels on the device \\[default: the native size, or the "
-                         "model's fixed input size (e.g. 224 for ViT); finetune: the encoder's own size].",
-    show_default=False)]
-TrainWeightsOpt = Annotated[Optional[Path], typer.Option(
-    "--weights", help="Local checkpoint (.safetensors/.pt/.pth) loaded into the backbone; the head is re-initialised.",
-    show_default=False)]
-EpochsOpt = Annotated[Optional[int], typer.Option(
-    "--epochs", help="Training epochs \\[default: 10; MedMNIST's baselines used 100].", show_default=False)]
-TrainBatchOpt = Annotated[Optional[int], typer.Option(
-    "--batch-size", help="Training batch size \\[default: 128]; evaluation uses twice this.", show_default=False)]
-LrOpt = Annotated[Optional[float], typer.Option(
-    "--lr", help="Learning rate (of the head when --backbone-lr is set) \\[default: 1e-3].", show_default=False)]
-BackboneLrOpt = Annotated[Optional[float], typer.Option(
-    "--backbone-lr", help="Own, lower learning rate for everything but the head \\[default: train: none (all at "
-                          "--lr); finetune: 1e-5].", show_default=False)]
-OptimizerOpt = Annotated[Optional[str], typer.Option(
-    "--optimizer", help="adam, adamw, radam, nadam or sgd (momentum 0.9) \\[default: train adam, finetune adamw].",
-    show_default=False)]
-WeightDecayOpt = Annotated[Optional[float], typer.Option(
-    "--weight-decay", help="Weight decay \\[default: 0.01 for adamw, else 0].", show_default=False)]
-SchedulerOpt = Annotated[Optional[str], typer.Option(
-    "--scheduler", help="none, multistep (x0.1 at 50% and 75% of the epochs, MedMNIST), exponential (x gamma per "
-                        "epoch) or cosine (with --warmup-epochs) \\[default: train multistep, finetune cosine].",
-    show_default=False)]
-LrGammaOpt = Annotated[Optional[float], typer.Option(
-    "--lr-gamma", help="LR factor: multistep's step [0.1] or exponential's per-epoch decay [0.95].", show_default=False)]
-WarmupOpt = Annotated[Optional[float], typer.Option(
-    "--warmup-epochs", help="Cosine schedule: linear warm-up epochs \\[default: train 0, finetune 1].", show_default=False)]
-LossOpt = Annotated[Optional[str], typer.Option(
-    "--loss", help="ce, bce (multi-label), focal (multi-label: focal BCE) or weighted (class-weighted CE) "
-                   "\\[default: ce; bce for multi-label].", show_default=False)]
-GammaOpt = Annotated[Optional[float], typer.Option(
-    "--gamma", help="Focal loss exponent \\[default: 2.0].", show_default=False)]
-SamplerOpt = Annotated[Optional[str], typer.Option(
-    "--sampler", help="none (shuffle), balanced (inverse class frequency, with replacement) or oversample "
-                      "(minority classes repeated to the majority count) \\[default: none].", show_default=False)]
-AugmentOpt = Annotated[Optional[bool], typer.Option(
-    "--augment/--no-augment", help="Training augmentation on the device: 2D flip + small affine + resized crop; "
-                                   "3D see --augment-3d \\[default: off, as MedMNIST].", show_default=False)]
-Augment3dOpt = Annotated[Optional[str], typer.Option(
-    "--augment-3d", help="3D augmentations used with --augment: comma list of flip, rot90 \\[default: flip].",
-    show_default=False)]
-ShapeTransformOpt = Annotated[Optional[bool], typer.Option(
-    "--shape-transform/--no-shape-transform",
-    help="MedMNIST's shape-dataset transform: voxels x U(0,1) in training, x 0.5 at evaluation \\[default: on for "
-         "adrenalmnist3d and vesselmnist3d only].", show_default=False)]
-TrainSeedOpt = Annotated[Optional[int], typer.Option(
-    "--seed", help="Seed of everything (init, order, augmentation, bootstrap) \\[default: 0].", show_default=False)]
-PatienceOpt = Annotated[Optional[int], typer.Option(
-    "--patience", help="Early stopping: stop after this many epochs without a better val AUC \\[default: off].",
-    show_default=False)]
-TrainDeviceOpt = Annotated[Optional[str], typer.Option(
-    "--device", help="auto (cuda if available), cpu or cuda; see --amp for bf16 \\[default: auto].",
-    show_default=False)]
-AmpOpt = Annotated[Optional[bool], typer.Option(
-    "--amp/--no-amp", help="bf16 autocast of the forward pass (weights and optimizer stay fp32). --amp turns it on "
-                           "for the CPU too: worth it for dense 3D convolutions on CPUs with AVX-512 BF16 or AMX "
-                           "(acs:resnet18 steps 2x faster on an AMD EPYC, EfficientNet slices 2.3x slower), less exact "
-                           "\\[default: on for CUDA, off for CPU].",
-    show_default=False)]
-TrainBootstrapOpt = Annotated[Optional[int], typer.Option(
-    "--bootstrap", help="Bootstrap rounds for the test 95% CIs (0: none) \\[default: 1000].", show_default=False)]
-ResumeOpt = Annotated[Optional[Path], typer.Option(
-    "--resume", help="Continue an interrupted run folder from its last.pt with its saved settings (options given "
-                     "again must match).", show_default=False)]
-TrainRunsDirOpt = Annotated[Path, typer.Option(
-    "--runs-dir", help="Folder that holds run folders (checkpoints, epochs.jsonl, record.json).")]
-LogOpt = Annotated[Optional[list[str]], typer.Option(
-    "--log", help="Also log to tensorboard and/or wandb (repeat the option; the package must be installed).",
-    show_default=False)]
 
-
-def _given(**options: Any) -> dict[str, Any]:
-    """The options the user gave (typer passes None for the others)."""
-    return {k: v for k, v in options.items() if v is not None}
-
-
-class _TrainProgress:
-    """A rich progress bar per epoch (live loss, last val AUC) driven by `vlm.training` events."""
-
-    def __init__(self, console: Console, label: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.label = label
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
-                                 transient=False)
-        self.task: Any = None
-        self.last = ""
-        self.embed = EncodeProgress(self.progress, f"{label} encoding", stats="")
-
-    def __enter__(self) -> "_TrainProgress":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-    def _stats(self, loss: float | None) -> str:
-        return " · ".join(s for s in (f"loss {loss:.4f}" if loss is not None else "", self.last) if s)
-
-    def __call__(self, event: Any) -> None:
-        if event.stage == "batch":
-            if self.task is None or event.batch == 1:
-                self.task = self.progress.add_task(f"{self.label} epoch {event.epoch}/{event.epochs}",
-                                                   total=event.batches, stats="")
-            self.progress.update(self.task, completed=event.batch, stats=self._stats(event.loss))
-        elif event.stage == "epoch":
-            auc = "-" if event.val_auc is None else f"{event.val_auc:.4f}"
-            best = "-" if event.best_auc is None else f"{event.best_auc:.4f}"
-            self.last = f"val AUC {auc} (best {best} @ {event.best_epoch})"
-            if self.task is not None:
-                self.progress.update(self.task, stats=self._stats(event.loss))
-        elif event.stage == "test":
-            self.progress.add_task(f"{self.label} scoring test with epoch {event.best_epoch}", total=None, stats="")
-
-
-def _report_training(result: Any, as_json: bool, title: str) -> None:
-    from vlm import render
-
-    summary = result.summary()
-    if as_json:
-        print_json(summary)
-        return
-    out.print(render.metrics_table([result.metrics.to_dict()], title=title))
-    if result.epochs_run:
-        best = "-" if result.best_val_auc is None else f"{result.best_val_auc:.4f}"
-        out.print(f"best epoch {result.best_epoch} of {result.epochs_run} (val AUC {best}, {result.stop_reason}); "
-                  f"{result.seconds:.1f}s, {result.seconds_per_epoch:.2f}s/epoch", highlight=False)
-    else:
-        chosen = ", ".join(f"{k} {rec_cfg[k]}" for k in ("l2", "k") if k in (rec_cfg := result.record.config))
-        best = "-" if result.best_val_auc is None else f"{result.best_val_auc:.4f}"
-        out.print(f"chosen on val: {chosen} (val AUC {best}); {result.seconds:.1f}s", highlight=False)
-    out.print(f"run folder [bold]{escape(str(result.run_dir))}[/]", highlight=False, soft_wrap=True)
-
-
+@command
 def train_cmd(
     flag: TrainFlagArg = None,
     model: Annotated[Optional[str], typer.Option(
@@ -173,36 +27,22 @@ def train_cmd(
     pretrained: Annotated[Optional[bool], typer.Option(
         "--pretrained/--scratch", help="Start from pretrained weights or from scratch \\[default: pretrained when "
                                        "--weights is given, else scratch].", show_default=False)] = None,
-    epochs: EpochsOpt = None,
-    batch_size: TrainBatchOpt = None,
-    lr: LrOpt = None,
-    backbone_lr: BackboneLrOpt = None,
-    optimizer: OptimizerOpt = None,
-    weight_decay: WeightDecayOpt = None,
-    scheduler: SchedulerOpt = None,
-    lr_gamma: LrGammaOpt = None,
-    warmup_epochs: WarmupOpt = None,
-    loss: LossOpt = None,
-    gamma: GammaOpt = None,
-    sampler: SamplerOpt = None,
-    augment: AugmentOpt = None,
-    augment_3d: Augment3dOpt = None,
-    shape_transform: ShapeTransformOpt = None,
-    seed: TrainSeedOpt = None,
-    patience: PatienceOpt = None,
-    device: TrainDeviceOpt = None,
-    amp: AmpOpt = None,
-    bootstrap: TrainBootstrapOpt = None,
+    *,
+    recipe: Recipe,
+    augment_3d: Annotated[Optional[str], typer.Option(
+        "--augment-3d", help="3D augmentations used with --augment: comma list of flip, rot90 \\[default: flip].",
+        show_default=False)] = None,
+    shape_transform: Annotated[Optional[bool], typer.Option(
+        "--shape-transform/--no-shape-transform",
+        help="MedMNIST's shape-dataset transform: voxels x U(0,1) in training, x 0.5 at evaluation \\[default: on for "
+             "adrenalmnist3d and vesselmnist3d only].", show_default=False)] = None,
+    control: RunControl,
     model_opt: Annotated[Optional[list[str]], typer.Option(
         "--model-opt", help="Architecture option KEY=VALUE, repeatable (e.g. slice_axis=1, head=mean, in_chans=1).",
         show_default=False)] = None,
-    resume: ResumeOpt = None,
-    runs_dir: TrainRunsDirOpt = Path("runs"),
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    log: LogOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+    place: RunPlace,
+    fmt: FormatOpt = "table",
+) -> Output:
     """Train a transfer model (2D or 3D) on a dataset: best epoch by val AUC, test scored once.
 
     Defaults are MedMNIST's recipe (Adam, lr 1e-3, batch 128, LR x0.1 at 50% and 75% of the epochs,
@@ -214,34 +54,25 @@ def train_cmd(
     Example: [bold]vlm train vesselmnist3d --model acs:resnet18 --augment --json[/]
     Example: [bold]vlm train --resume runs/20250101-120000_breastmnist_train_small-cnn[/]
     """
-    from vlm.methods import resume as resume_run
     from vlm.training import TrainConfig, parse_model_opts, train
 
-    opts = _given(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, optimizer=optimizer,
-                  weight_decay=weight_decay, scheduler=scheduler, lr_gamma=lr_gamma, warmup_epochs=warmup_epochs,
-                  loss=loss, gamma=gamma, sampler=sampler, augment=augment, augment_3d=augment_3d,
-                  shape_transform=shape_transform, image_size=image_size, seed=seed, patience=patience,
-                  device=device, amp=amp, n_bootstrap=bootstrap)
+    opts = config_options(recipe, control, augment_3d=augment_3d, shape_transform=shape_transform,
+                          image_size=image_size)
     model_opts = parse_model_opts(model_opt) if model_opt else None
-    console = err if as_json else out
-    if resume is not None:
-        overrides = {**opts, **_given(flag=flag.lower() if flag else None, model=model, size=size,
-                                      weights=str(weights) if weights else None, pretrained=pretrained,
-                                      model_opts=model_opts)}
-        with _TrainProgress(console, "resumed") as bar:
-            result = resume_run(resume, overrides=overrides, data_root=data_root, download=download, log=log or (),
-                                progress=bar)
-    else:
-        if flag is None or model is None:
-            raise VlmError("vlm train needs a dataset flag and --model NAME (or --resume RUN_DIR).")
-        with _TrainProgress(console, f"{flag} {model}") as bar:
-            result = train(flag, model, config=TrainConfig(**opts), size=size or 28, weights=weights,
-                           pretrained=pretrained, model_opts=model_opts, data_root=data_root, download=download,
-                           runs_dir=runs_dir, log=log or (), progress=bar)
+    overrides = {**opts, **given(flag=flag.lower() if flag else None, model=model, size=size,
+                                 weights=str(weights) if weights else None, pretrained=pretrained,
+                                 model_opts=model_opts)}
+    result = run_training(
+        place, flag, model, overrides, fmt=fmt,
+        usage="vlm train needs a dataset flag and --model NAME (or --resume RUN_DIR).",
+        start=lambda bar: train(flag, model, config=TrainConfig(**opts), size=size or 28, weights=weights,
+                                pretrained=pretrained, model_opts=model_opts, data_root=place.data_root,
+                                download=place.download, runs_dir=place.runs_dir, log=place.log or (), progress=bar))
     rec = result.record
-    _report_training(result, as_json, f"{rec.dataset} · test · {rec.size}px · {rec.model} (trained)")
+    return training_output(result, f"{rec.dataset} · test · {rec.size}px · {rec.model} (trained)")
 
 
+@command
 def finetune_cmd(
     flag: TrainFlagArg = None,
     model: Annotated[Optional[str], typer.Option(
@@ -276,31 +107,12 @@ def finetune_cmd(
         show_default=False)] = None,
     size: TrainSizeOpt = None,
     image_size: ImageSizeOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: TrainBatchOpt = None,
-    lr: LrOpt = None,
-    backbone_lr: BackboneLrOpt = None,
-    optimizer: OptimizerOpt = None,
-    weight_decay: WeightDecayOpt = None,
-    scheduler: SchedulerOpt = None,
-    lr_gamma: LrGammaOpt = None,
-    warmup_epochs: WarmupOpt = None,
-    loss: LossOpt = None,
-    gamma: GammaOpt = None,
-    sampler: SamplerOpt = None,
-    augment: AugmentOpt = None,
-    seed: TrainSeedOpt = None,
-    patience: PatienceOpt = None,
-    device: TrainDeviceOpt = None,
-    amp: AmpOpt = None,
-    bootstrap: TrainBootstrapOpt = None,
-    resume: ResumeOpt = None,
-    runs_dir: TrainRunsDirOpt = Path("runs"),
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    log: LogOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
+    *,
+    recipe: Recipe,
+    control: RunControl,
+    place: RunPlace,
+    fmt: FormatOpt = "table",
+) -> Output:
     """Vision-only fine-tuning of an image encoder with a linear head: linear-probe, knn, full or zs-init.
 
     linear-probe and knn run on cached embeddings (seconds after the first encoding; 3D via pooled
@@ -311,31 +123,22 @@ def finetune_cmd(
     Example: [bold]vlm finetune breastmnist --model biomedclip --mode zs-init --style clip --epochs 5[/]
     """
     from vlm.finetune import finetune, finetune_config
-    from vlm.methods import resume as resume_run
 
-    opts = _given(epochs=epochs, batch_size=batch_size, lr=lr, backbone_lr=backbone_lr, optimizer=optimizer,
-                  weight_decay=weight_decay, scheduler=scheduler, lr_gamma=lr_gamma, warmup_epochs=warmup_epochs,
-                  loss=loss, gamma=gamma, sampler=sampler, augment=augment, image_size=image_size, seed=seed,
-                  patience=patience, device=device, amp=amp, n_bootstrap=bootstrap)
+    opts = config_options(recipe, control, image_size=image_size)
     k_value: Any = None if k is None else (k if k == "auto" else _int_or_error("--k", k))
-    extra = _given(k=k_value, knn_weighting=knn_weighting, style=style, prompts=str(prompts) if prompts else None,
-                   zs_then=zs_then, cache_dir=str(cache_dir) if cache_dir else None, slice_axis=slice_axis, pool=pool)
-    console = err if as_json else out
-    if resume is not None:
-        overrides = {**opts, **extra, **_given(flag=flag.lower() if flag else None, model=model, mode=mode,
-                                               size=size, weights=str(weights) if weights else None)}
-        with _TrainProgress(console, "resumed") as bar:
-            result = resume_run(resume, overrides=overrides, data_root=data_root, download=download, log=log or (),
-                                progress=bar)
-    else:
-        if flag is None or model is None:
-            raise VlmError("vlm finetune needs a dataset flag and --model ENCODER (or --resume RUN_DIR).")
-        with _TrainProgress(console, f"{flag} {model}") as bar:
-            result = finetune(flag, model, mode=mode or "linear-probe", config=finetune_config(**opts), size=size or 28,
-                              weights=weights, data_root=data_root, download=download, runs_dir=runs_dir,
-                              log=log or (), progress=bar, embed_progress=bar.embed, **extra)
+    extra = given(k=k_value, knn_weighting=knn_weighting, style=style, prompts=str(prompts) if prompts else None,
+                  zs_then=zs_then, cache_dir=str(cache_dir) if cache_dir else None, slice_axis=slice_axis, pool=pool)
+    overrides = {**opts, **extra, **given(flag=flag.lower() if flag else None, model=model, mode=mode, size=size,
+                                          weights=str(weights) if weights else None)}
+    result = run_training(
+        place, flag, model, overrides, fmt=fmt,
+        usage="vlm finetune needs a dataset flag and --model ENCODER (or --resume RUN_DIR).",
+        start=lambda bar: finetune(flag, model, mode=mode or "linear-probe", config=finetune_config(**opts),
+                                   size=size or 28, weights=weights, data_root=place.data_root,
+                                   download=place.download, runs_dir=place.runs_dir, log=place.log or (),
+                                   progress=bar, embed_progress=bar.embed, **extra))
     rec = result.record
-    _report_training(result, as_json, f"{rec.dataset} · test · {rec.size}px · {rec.model} ({rec.method})")
+    return training_output(result, f"{rec.dataset} · test · {rec.size}px · {rec.model} ({rec.method})")
 
 
 def _int_or_error(name: str, value: str) -> int:
@@ -345,7 +148,8 @@ def _int_or_error(name: str, value: str) -> int:
         raise VlmError(f"{name} takes a number or 'auto', got '{value}'.") from None
 
 
-def models_cmd(as_json: JsonOpt = False) -> None:
+@command
+def models_cmd() -> Output:
     """List the registered transfer models and 3D prefixes (any timm 2D name works too) and the encoder aliases.
 
     Example: [bold]vlm models --json[/]
@@ -356,22 +160,12 @@ def models_cmd(as_json: JsonOpt = False) -> None:
     rows = [{"name": e.name + (":" if e.is_prefix else ""), "dims": e.dims, "description": e.description}
             for e in list_models()]
     aliases = list_aliases()
-    if as_json:
-        print_json({"models": rows, "timm_fallback": "any timm 2D model name (e.g. resnet50, tf_efficientnet_lite0)",
-                    "encoders": aliases})
-        return
-    from rich.table import Table
-
-    table = Table(title="transfer models (`vlm train --model`; any timm 2D name works too)", title_justify="left")
-    for col in ("name", "dims", "description"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(escape(r["name"]), r["dims"], escape(r["description"]))
-    out.print(table)
-    enc = Table(title="encoder aliases (`vlm zero-shot/finetune --model`; also open_clip, transformers and timm names)",
-                title_justify="left")
-    for col in ("name", "backend", "target", "description"):
-        enc.add_column(col)
-    for a in aliases:
-        enc.add_row(escape(a["name"]), a["backend"], escape(a["target"]), escape(a["description"]))
-    out.print(enc)
+    data = {"models": rows, "timm_fallback": "any timm 2D model name (e.g. resnet50, tf_efficientnet_lite0)",
+            "encoders": aliases}
+    names = ("name", "backend", "target", "description")
+    return Output(data, [
+        Table(columns("name", "dims", "description"), [[r["name"], r["dims"], r["description"]] for r in rows],
+              title="transfer models (`vlm train --model`; any timm 2D name works too)"),
+        Table(columns(*names), [[a[n] for n in names] for a in aliases],
+              title="encoder aliases (`vlm zero-shot/finetune --model`; also open_clip, transformers and timm names)"),
+    ])

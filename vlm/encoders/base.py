@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ import torch.nn as nn
 from vlm.encoders.checkpoints import check_weights_file
 from vlm.encoders.hub import OPEN_CLIP_CONFIG
 from vlm.errors import VlmError
-from vlm.preprocess import INTERPOLATIONS, Preprocess
+from vlm.preprocess import INTERPOLATIONS, PIL_ONLY, Preprocess
 from vlm.runtime import resolve_device
 
 RANDOM_INIT = "random-init"
@@ -143,17 +144,25 @@ def no_text_error(encoder: Encoder) -> VlmError:
                     f"({', '.join(ALIASES)}).")
 
 
-def _interp(value: Any) -> str:
-    """Map open_clip / timm / PIL interpolation names or codes to ours."""
-    if isinstance(value, int):  # PIL resample codes
-        return {0: "nearest", 2: "bilinear", 3: "bicubic", 4: "area"}.get(value, "bicubic")
-    value = str(value or "bicubic").lower()
-    if value in INTERPOLATIONS:
-        return value
-    return "bicubic"  # 'random', 'lanczos', ... -> the common CLIP choice
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "area", 5: "hamming"}  # PIL codes
 
 
-def _square(size: Any, who: str) -> int:
+def interpolation_name(value: Any, who: str) -> str:
+    """A PIL resample code or an open_clip / timm / torchvision interpolation name -> ours ('box' is 'area');
+    one the "pil" resampler cannot do becomes bicubic, with a warning naming `who`."""
+    if isinstance(value, int):
+        name = PIL_RESAMPLE.get(int(value), f"PIL code {int(value)}")
+    else:
+        name = str(getattr(value, "value", value) or "bicubic").lower()
+    name = {"box": "area"}.get(name, name)
+    if name in INTERPOLATIONS + PIL_ONLY:
+        return name
+    warnings.warn(f"{who}: interpolation '{name}' is not reproduced on tensors; using bicubic.", stacklevel=3)
+    return "bicubic"
+
+
+def square_size(size: Any, who: str) -> int:
+    """An int, (H, W) or HF size dict as one side; non-square sizes are a VlmError naming `who`."""
     if isinstance(size, dict):
         if "height" in size and "width" in size:
             size = (size["height"], size["width"])
@@ -167,11 +176,9 @@ def _square(size: Any, who: str) -> int:
     return int(size)
 
 
-def make_preprocess(who: str, size: Any, mean: Sequence[float], std: Sequence[float], interpolation: Any) -> Preprocess:
-    """A `Preprocess` from a library's config: `size` an int, (H, W) or HF size dict (square only; else a
-    VlmError naming `who`), `interpolation` a name or PIL code (unknown ones become bicubic)."""
-    return Preprocess(size=_square(size, who), mean=tuple(mean), std=tuple(std), interpolation=_interp(interpolation),
-                      rgb=True)
+def per_channel(values: Any) -> tuple[float, ...]:
+    """A mean/std given as one number or a sequence, as a tuple of floats."""
+    return tuple(float(v) for v in values) if isinstance(values, (list, tuple)) else (float(values),) * 3
 
 
 # ----------------------------------------------------------------------------- the backend registry

@@ -24,8 +24,9 @@ from vlm.encoders.base import (
     Backend,
     Encoder,
     EncoderAlias,
-    make_preprocess,
+    per_channel,
     register_backend,
+    square_size,
     unknown_model_message,
 )
 from vlm.encoders.checkpoints import mismatch_message, read_weights, weights_file_id
@@ -38,6 +39,7 @@ from vlm.encoders.hub import (
     offline_reason,
 )
 from vlm.errors import VlmError, exception_summary
+from vlm.preprocess import Preprocess
 
 
 class OpenClipEncoder(Encoder):
@@ -202,13 +204,27 @@ def _load(target: str, weights: Path | None, device: torch.device, alias: Encode
         _load_checkpoint(model, plan.ckpt, target)
     tokenizer = _tokenizer(plan.create_name, plan.model_cfg, plan.text_cfg, target)
     model = model.to(device, memory_format=torch.channels_last).eval()
-    pp = model.visual.preprocess_cfg
-    preprocess = make_preprocess(target, pp.get("size", 224), pp["mean"], pp["std"], pp.get("interpolation"))
+    preprocess = _preprocess(model, target)
     embed_dim = int(plan.model_cfg.get("embed_dim") or model.text_projection.shape[-1])
     return OpenClipEncoder(model, tokenizer, id=plan.enc_id, weights_id=plan.weights_id, preprocess=preprocess,
                            embed_dim=embed_dim, logit_scale=float(model.logit_scale.detach().exp().float().cpu().item()),
                            device=device, name=alias.name if alias else target,
                            description=alias.description if alias else "")
+
+
+def _preprocess(model: nn.Module, target: str) -> Preprocess:
+    """The eval `preprocess` that `open_clip.create_model_and_transforms` returns for `model`, as tensor ops:
+    `image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)` is a PIL resize
+    (shortest side + centre crop, longest side + crop-or-pad with `fill_color`, or squash), RGB, ToTensor
+    and Normalize."""
+    from open_clip.transform import PreprocessCfg
+
+    cfg = PreprocessCfg(**model.visual.preprocess_cfg)
+    interpolation = "bilinear" if cfg.interpolation == "bilinear" else "bicubic"  # open_clip's rule ('random' too)
+    mode = cfg.resize_mode or "shortest"
+    return Preprocess(size=square_size(cfg.size, target), mean=per_channel(cfg.mean), std=per_channel(cfg.std),
+                      interpolation=interpolation, resize_mode=mode, fill=(int(cfg.fill_color),), resampler="pil",
+                      source=f"open_clip image_transform(resize_mode={mode}, interpolation={cfg.interpolation})")
 
 
 def _create(create_name: str, target: str, text_cfg: dict[str, Any] | None, create_kwargs: dict[str, Any]) -> nn.Module:

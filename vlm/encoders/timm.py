@@ -6,6 +6,7 @@ timm is imported inside the functions that need it. Without `weights` the backbo
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,13 +19,18 @@ from vlm.encoders.base import (
     Backend,
     Encoder,
     EncoderAlias,
-    make_preprocess,
+    interpolation_name,
     no_text_error,
+    per_channel,
     register_backend,
+    square_size,
     unknown_model_message,
 )
 from vlm.encoders.checkpoints import load_strict, read_weights, weights_file_id
 from vlm.errors import VlmError, exception_summary
+from vlm.preprocess import Preprocess
+
+DEFAULT_CROP_PCT = 0.875  # timm.data.DEFAULT_CROP_PCT: what create_transform uses when crop_pct is unset
 
 
 class TimmEncoder(Encoder):
@@ -57,7 +63,7 @@ def _match_name(raw: str) -> str | None:
 def _load(target: str, weights: Path | None, device: torch.device, alias: EncoderAlias | None) -> TimmEncoder:
     """Build a head-less timm model (`num_classes=0`) and load `weights` into it, if given."""
     import timm
-    from timm.data import resolve_data_config
+    from timm.data import resolve_model_data_config
 
     if not timm.is_model(target):
         raise VlmError(unknown_model_message(target))
@@ -69,13 +75,33 @@ def _load(target: str, weights: Path | None, device: torch.device, alias: Encode
         _load_weights(model, weights, target)
     else:
         warnings.warn(f"{target}: no --weights: the backbone is random-initialised.", stacklevel=3)
-    data_cfg = resolve_data_config({}, model=model)
-    preprocess = make_preprocess(target, data_cfg["input_size"][1:], data_cfg["mean"], data_cfg["std"],
-                                 data_cfg.get("interpolation"))
+    preprocess = data_config_preprocess(resolve_model_data_config(model), target)
     model = model.to(device, memory_format=torch.channels_last).eval()
     return TimmEncoder(model, id=f"timm:{target}", weights_id=weights_file_id(weights) if weights else RANDOM_INIT,
                        preprocess=preprocess, embed_dim=int(model.num_features), logit_scale=1.0, device=device,
                        name=target)
+
+
+CROP_MODES = {"center": "shortest", "squash": "squash", "border": "longest"}  # timm crop_mode -> resize mode
+
+
+def data_config_preprocess(cfg: dict[str, Any], who: str) -> Preprocess:
+    """timm's eval transform, `create_transform(**cfg)` of a resolved data config, as tensor ops: a PIL resize
+    to floor(size / crop_pct) (shortest side for crop_mode 'center', both sides for 'squash', longest side
+    for 'border'), then a centre crop to size (padded with the mean colour for 'border'), ToTensor, Normalize."""
+    if cfg.get("crop_border_pixels"):
+        raise VlmError(f"{who}: crop_border_pixels={cfg['crop_border_pixels']} is not supported.")
+    size = square_size(cfg["input_size"][1:], who)
+    crop_pct = cfg.get("crop_pct") or DEFAULT_CROP_PCT
+    crop_mode = cfg.get("crop_mode") or "center"
+    if crop_mode not in CROP_MODES:
+        raise VlmError(f"{who}: unknown crop_mode '{crop_mode}' (timm knows {', '.join(CROP_MODES)}).")
+    mean = per_channel(cfg["mean"])
+    fill = tuple(round(255 * m) for m in mean) if crop_mode == "border" else (0,)
+    return Preprocess(size=size, resize=math.floor(size / crop_pct), resize_mode=CROP_MODES[crop_mode], mean=mean,
+                      std=per_channel(cfg["std"]), interpolation=interpolation_name(cfg.get("interpolation"), who),
+                      fill=fill, resampler="pil",
+                      source=f"timm create_transform(crop_pct={crop_pct}, crop_mode={crop_mode})")
 
 
 def _load_weights(model: nn.Module, weights: Path, target: str) -> None:

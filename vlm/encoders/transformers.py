@@ -6,7 +6,6 @@ offline or unreachable; a local folder is the one `huggingface-cli download ID -
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from pathlib import Path
@@ -15,9 +14,19 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from vlm.encoders.base import TEXT_BATCH, Backend, Encoder, EncoderAlias, looks_like_path, make_preprocess, register_backend
+from vlm.encoders.base import (
+    TEXT_BATCH,
+    Backend,
+    Encoder,
+    EncoderAlias,
+    interpolation_name,
+    looks_like_path,
+    per_channel,
+    register_backend,
+    square_size,
+)
 from vlm.encoders.checkpoints import load_strict, read_weights, weights_file_id
-from vlm.encoders.hub import hub_fetch, hub_local_only, transformers_offline_error
+from vlm.encoders.hub import hub_local_only, transformers_offline_error
 from vlm.errors import VlmError, exception_summary
 from vlm.preprocess import Preprocess
 
@@ -96,25 +105,49 @@ def _match_hub_id(raw: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- loading
-def _preprocess(target: str, local: bool, model: nn.Module) -> Preprocess:
-    """Size, mean, std and interpolation from preprocessor_config.json (CLIPImageProcessor), else the config."""
-    cfg: dict[str, Any] = {}
-    try:
-        if local:
-            path = Path(target) / "preprocessor_config.json"
-            cfg = json.loads(path.read_text()) if path.is_file() else {}
-        else:
-            cfg = json.loads(Path(hub_fetch(target, "preprocessor_config.json")).read_text())
-    except Exception:  # noqa: BLE001 - fall back to the model config and CLIP's statistics
-        cfg = {}
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+def _image_processor(source: str, local_only: bool, model: nn.Module) -> Any:
+    """The checkpoint's image processor (preprocessor_config.json); without one, CLIPImageProcessor's
+    defaults at the vision tower's image size (with a warning)."""
+    from transformers import AutoImageProcessor, CLIPImageProcessor
 
-    vision_cfg = getattr(model.config, "vision_config", model.config)
-    size = cfg.get("crop_size") if cfg.get("do_center_crop", True) and cfg.get("crop_size") else cfg.get("size")
-    size = size or getattr(vision_cfg, "image_size", 224)
-    mean = tuple(cfg.get("image_mean", OPENAI_DATASET_MEAN)) if cfg.get("do_normalize", True) else (0.0, 0.0, 0.0)
-    std = tuple(cfg.get("image_std", OPENAI_DATASET_STD)) if cfg.get("do_normalize", True) else (1.0, 1.0, 1.0)
-    return make_preprocess(target, size, mean, std, cfg.get("resample", 3))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
+    except Exception as exc:  # noqa: BLE001 - no or unreadable preprocessor_config.json
+        size = getattr(getattr(model.config, "vision_config", model.config), "image_size", 224)
+        warnings.warn(f"{source}: no image processor ({exception_summary(exc)}); using CLIPImageProcessor's "
+                      f"defaults at {size} px.", stacklevel=4)
+        return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def _field(size: Any, key: str) -> Any:
+    """A key of an HF size dict or SizeDict (None if absent)."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def processor_preprocess(proc: Any, who: str) -> Preprocess:
+    """A CLIPImageProcessor-style processor as tensor ops: resize (`size` as shortest_edge, or height/width:
+    squash; `resample`), centre crop to `crop_size` (top/left offset floored, as transformers does), rescale
+    by `rescale_factor`, normalise by `image_mean`/`image_std`, each step only when its `do_*` flag is set.
+    Grey images are replicated to RGB whatever `do_convert_rgb` says: the vision tower takes three channels."""
+    size, resize_mode, resize = proc.size, "none", None
+    if proc.do_resize:
+        if _field(size, "shortest_edge") and not _field(size, "longest_edge"):
+            resize_mode, resize = "shortest", int(_field(size, "shortest_edge"))
+        elif _field(size, "height") and _field(size, "width"):
+            resize_mode, resize = "squash", square_size((_field(size, "height"), _field(size, "width")), who)
+        else:
+            raise VlmError(f"{who}: image processor size {size} is not supported (shortest_edge, or height and width).")
+    crop = proc.crop_size if getattr(proc, "do_center_crop", False) else None
+    out = square_size((_field(crop, "height"), _field(crop, "width")), who) if crop is not None else resize
+    normalize = getattr(proc, "do_normalize", True)
+    return Preprocess(size=out, resize=resize if crop is not None else None, resize_mode=resize_mode,
+                      mean=per_channel(proc.image_mean) if normalize else (0.0,) * 3,
+                      std=per_channel(proc.image_std) if normalize else (1.0,) * 3,
+                      interpolation=interpolation_name(getattr(proc, "resample", 3), who), crop_offset="floor",
+                      resampler="pil", rescale=float(proc.rescale_factor) if proc.do_rescale else 1.0,
+                      source=f"transformers {type(proc).__name__}")
 
 
 def _from_pretrained(target: str, path: Path, local: bool) -> tuple[nn.Module, Any]:
@@ -156,6 +189,7 @@ def _load(target: str, weights: Path | None, device: torch.device, alias: Encode
         commit = getattr(model.config, "_commit_hash", None)
         weights_id = target + (f"@{commit[:12]}" if commit else "")
     enc_id = f"transformers:{path.resolve().name}" if local else f"transformers:{target}"
+    processor = _image_processor(str(path) if local else target, local or hub_local_only(), model)
     model = model.to(device, memory_format=torch.channels_last).eval()
     cfg = model.config
     text_cfg = getattr(cfg, "text_config", None)
@@ -164,7 +198,7 @@ def _load(target: str, weights: Path | None, device: torch.device, alias: Encode
     scale = getattr(model, "logit_scale", None)
     logit_scale = float(scale.detach().exp().float().cpu().item()) if isinstance(scale, torch.Tensor) else 100.0
     return TransformersEncoder(model, tokenizer, context_length, id=enc_id, weights_id=weights_id,
-                               preprocess=_preprocess(str(path) if local else target, local, model),
+                               preprocess=processor_preprocess(processor, target),
                                embed_dim=int(embed_dim), logit_scale=logit_scale, device=device,
                                name=alias.name if alias else target, description=alias.description if alias else "")
 

@@ -1,4 +1,4 @@
-"""The one evaluator: MedMNIST's AUC and ACC in torch, bootstrap CIs, per-class metrics, ROC curves.
+"""The one evaluator: MedMNIST's AUC and ACC in torch, calibration, bootstrap CIs, per-class metrics, ROC curves.
 
 Definitions follow `medmnist.evaluator.getAUC/getACC` exactly:
 
@@ -23,15 +23,19 @@ that are defined, and a note naming the class, so a run on a small subset still 
 Bootstrap resamples whose AUC is undefined are left out of the AUC percentiles and counted in
 `Metrics.auc_bootstrap_skipped`.
 
-Modules: `inputs` (checks), `core` (AUC/ACC), `bootstrap` (CIs, paired test), `metrics`
-(`evaluate`, `Metrics`), `curves` (ROC, thresholds).
+Calibration (ECE, adaptive ECE, MCE, class-wise ECE, Brier, NLL; definitions in
+`vlm.evaluate.calibration`) is scored on the same scores and resamples; `evaluate` reports it too.
+
+Modules: `inputs` (checks), `core` (AUC/ACC), `calibration` (calibration metrics, reliability bins),
+`bootstrap` (CIs, paired test), `metrics` (`evaluate`, `Metrics`), `curves` (ROC, thresholds).
 """
 
 from vlm.evaluate.bootstrap import paired_bootstrap
+from vlm.evaluate.calibration import calibration_metrics, reliability_bins
 from vlm.evaluate.core import acc_score, auc_score
 from vlm.evaluate.curves import roc_curve, roc_points, tune_threshold
 from vlm.evaluate.inputs import KINDS, Array, check_scores
 from vlm.evaluate.metrics import Metrics, evaluate
 
-__all__ = ["KINDS", "Array", "Metrics", "acc_score", "auc_score", "check_scores", "evaluate", "paired_bootstrap",
-           "roc_curve", "roc_points", "tune_threshold"]
+__all__ = ["KINDS", "Array", "Metrics", "acc_score", "auc_score", "calibration_metrics", "check_scores", "evaluate",
+           "paired_bootstrap", "reliability_bins", "roc_curve", "roc_points", "tune_threshold"]

@@ -30,17 +30,25 @@ def _resample_weights(n: int, rounds: int, seed: int, device: torch.device) -> I
         yield weights.scatter_add_(1, drawn, torch.ones(1, 1, dtype=torch.int32, device=device).expand(r, n))
 
 
+def _resample_sums(
+    plans_per_run: list[list[_AucPlan]], columns: torch.Tensor, rounds: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """On `rounds` seeded resamples: AUC (S, rounds) of S runs' plans, and weighted sums (rounds, M) of
+    per-sample columns (N, M), for statistics linear in the samples (ACC's hits, calibration terms)."""
+    aucs, sums = [], []
+    for weights in _resample_weights(columns.shape[0], rounds, seed, columns.device):
+        aucs.append(torch.stack([_column_aucs(plans, weights).mean(dim=1) for plans in plans_per_run]))
+        sums.append(weights[:, 1:].double() @ columns)
+    return torch.cat(aucs, dim=1), torch.cat(sums)
+
+
 def _bootstrap(
     runs: list[tuple[list[_AucPlan], torch.Tensor]], y: torch.Tensor, rounds: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """AUC and ACC (S, rounds) of S runs (AUC plans, hits per sample) on the SAME resamples of labels y (N, L)."""
-    n, units = y.shape
     hits = torch.stack([h for _, h in runs], dim=1).double()  # (N, S)
-    aucs, accs = [], []
-    for weights in _resample_weights(n, rounds, seed, y.device):
-        aucs.append(torch.stack([_column_aucs(plans, weights).mean(dim=1) for plans, _ in runs]))
-        accs.append((weights[:, 1:].double() @ hits).T / (n * units))
-    return torch.cat(aucs, dim=1), torch.cat(accs, dim=1)
+    aucs, sums = _resample_sums([plans for plans, _ in runs], hits, rounds, seed)
+    return aucs, sums.T / y.numel()
 
 
 def _check_bootstrap_args(n_bootstrap: int, ci: float) -> None:

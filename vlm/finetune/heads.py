@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -38,19 +37,12 @@ def zero_shot_head(encoder, task: TaskSpec, *, style: str | None = None,
     Multi-label: (L, E) with row l = logit_scale * (t_pos_l - t_neg_l). Default style: 'clip' when the
     prompt set has it, else its first style.
     """
-    from vlm.prompts import load_prompt_set
-    from vlm.zeroshot import check_prompt_set, text_classifier
+    from vlm.zeroshot import one_style_classifier
 
     if not encoder.has_text:
         raise VlmError(f"--mode zs-init needs a vision-language encoder with a text tower; {encoder.id} is "
                        f"image-only. Use --mode full or linear-probe.")
-    prompt_set = load_prompt_set(Path(prompts) if prompts is not None else task.flag, dataset=task.flag)
-    check_prompt_set(prompt_set, task)
-    if style is None:
-        style = "clip" if "clip" in prompt_set.style_names else prompt_set.style_names[0]
-    chosen = prompt_set.resolve_styles(style)
-    if len(chosen) != 1:
-        raise VlmError(f"--style takes one prompt style for zs-init, got {', '.join(chosen)}.")
-    w = text_classifier(encoder, prompt_set, chosen[0]).float()
+    w, used, _ = one_style_classifier(encoder, task, prompts=prompts, style=style,
+                                      refusal="--style takes one prompt style for zs-init")
     head = w[:, :, 1] - w[:, :, 0] if w.dim() == 3 else w  # (E, K)
-    return (encoder.logit_scale * head).T.contiguous(), chosen[0]
+    return (encoder.logit_scale * head).T.contiguous(), used

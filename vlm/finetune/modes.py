@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -139,7 +139,7 @@ def finetune(
     enc = encoder if encoder is not None else load_encoder(model_name, weights, device)
     if config.image_size is not None and config.image_size != enc.preprocess.size:
         check_image_size(enc, config.image_size, model_name)
-        enc.preprocess = replace(enc.preprocess, size=config.image_size)
+        enc.preprocess = enc.preprocess.with_size(config.image_size)
     head_w, used_style = (zero_shot_head(enc, task, style=style, prompts=prompts) if mode == "zs-init"
                           else (None, None))
     options = FinetuneOptions(k=k, knn_weighting=knn_weighting, style=used_style or style,
