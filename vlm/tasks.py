@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from vlm.errors import VlmError
@@ -89,9 +92,21 @@ class TaskSpec:
 
 @lru_cache(maxsize=1)
 def _info() -> dict:
-    import medmnist
+    """`medmnist.INFO`, read from medmnist/info.py alone when medmnist is not imported yet: the package's
+    `__init__` imports its datasets and evaluator (torch, scikit-learn), seconds that `vlm compare` and
+    `vlm datasets` do not need."""
+    if "medmnist" in sys.modules:
+        return sys.modules["medmnist"].INFO
+    package = importlib.util.find_spec("medmnist")
+    if package is None or not package.submodule_search_locations:
+        import medmnist  # not installed: medmnist's own ImportError
 
-    return medmnist.INFO
+        return medmnist.INFO
+    spec = importlib.util.spec_from_file_location(
+        "vlm._medmnist_info", Path(next(iter(package.submodule_search_locations))) / "info.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.INFO
 
 
 def all_tasks() -> list[TaskSpec]:
