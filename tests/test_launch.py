@@ -116,6 +116,54 @@ def test_local_launcher_runs_the_matrix_through_submitit(exp_file, tmp_path):
     assert list((runs / ".submitit").iterdir())  # submitit's own job folders and logs
 
 
+class FakeSlurm:
+    """submitit.AutoExecutor stand-in: keeps the parameters and runs the array tasks here (those in `lost`
+    are 'killed by SLURM' before they start)."""
+
+    lost: set[int] = set()
+    made: list["FakeSlurm"] = []
+
+    def __init__(self, folder, cluster):
+        self.cluster, self.params = cluster, {}
+        FakeSlurm.made.append(self)
+
+    def update_parameters(self, **params):
+        self.params.update(params)
+
+    def map_array(self, fn, *iterables):
+        return [FakeJob(None if i in self.lost else fn(*args), f"42_{i}") for i, args in enumerate(zip(*iterables))]
+
+
+class FakeJob:
+    def __init__(self, result, job_id):
+        self.result, self.job_id = result, job_id
+
+    def done(self):
+        return True
+
+    def exception(self):
+        return None
+
+
+def test_slurm_launcher_submits_one_array_task_per_job(exp_file, tmp_path, monkeypatch):
+    import submitit
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeSlurm)
+    monkeypatch.setattr(FakeSlurm, "lost", {0})
+    runs = tmp_path / "runs"
+    result, summary = run_cli(exp_file, runs, "--launcher", "slurm", "--partition", "gpu", "--time", "5")
+    executor = FakeSlurm.made[-1]
+    assert executor.cluster == "slurm" and executor.params["slurm_partition"] == "gpu"
+    assert executor.params["timeout_min"] == 5 and executor.params["gpus_per_node"] == 1
+    first = load_experiment(exp_file).jobs()[0]
+    assert result.exit_code == 1 and summary["left"] == [first.label] and len(summary["ran"]) == 3
+    assert records_per_job(runs).get(first.key) is None
+
+    monkeypatch.setattr(FakeSlurm, "lost", set())  # `vlm run` again: only the lost job is submitted
+    result, summary = run_cli(exp_file, runs, "--launcher", "slurm")
+    assert result.exit_code == 0 and summary["ran"] == [first.label] and set(records_per_job(runs).values()) == {1}
+
+
 def test_launch_settings_from_file_and_options(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(MATRIX + textwrap.dedent("""\

@@ -1,10 +1,11 @@
-"""Job claims: one file per job, `RUNS/.claims/<key>.claim`, so that workers (and `vlm run` calls) never run a job twice.
+"""Job claims: one file per job, `RUNS/.claims/<key>.claim`, so that workers (and `vlm run` calls) never
+run a job twice.
 
 A claim is created with `os.open(O_CREAT | O_EXCL)`: of two claimers exactly one succeeds. It holds
 the job key and label, host, pid, start time, session, attempt, log file and (once the job made one)
 its run folder, and a `state`:
 
-    running      its worker touches the file every `heartbeat_s` (the mtime is the heartbeat)
+    running      its worker touches the file every `HEARTBEAT_S` (the mtime is the heartbeat)
     done         the job wrote its record (kept, so that no later claimer runs it again)
     failed       the job raised; final for the `vlm run` calls now running (`reset` clears it at start)
     interrupted  Ctrl-C: claimable at once, and the job resumes from its run folder's last.pt
@@ -14,6 +15,7 @@ heartbeat older than `stale_after_s`. Replacing a stale claim, and every change 
 was created, happens under an exclusive `fcntl.flock` on `RUNS/.claims/.lock`, with the staleness
 checked again under the lock: two recoverers never both win, and a fresh claim is never replaced
 (every owner change is token-checked, so a worker that lost its claim cannot overwrite the new one).
+A job whose worker died `max_crashes` times while running it is marked failed instead.
 """
 
 from __future__ import annotations

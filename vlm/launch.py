@@ -103,8 +103,9 @@ def run_matrix(
     settings = settings or exp.launch
     settings.check()
     todo = pending_jobs(exp, runs_dir)
-    session = Session(runs_dir=str(runs_dir), jobs=todo, data_root=str(data_root) if data_root else None,
-                      device=device, cache_dir=str(cache_dir) if cache_dir else None, **(session_options or {}))
+    absolute = (lambda p: str(Path(p).resolve()) if p else None)  # workers may start in another folder
+    session = Session(runs_dir=absolute(runs_dir), jobs=todo, data_root=absolute(data_root), device=device,
+                      cache_dir=absolute(cache_dir), **(session_options or {}))
     if not todo:
         return session, MatrixStatus()
     session.claims().reset(job.key for job in todo)
@@ -216,6 +217,11 @@ def executor_parameters(settings: LaunchSettings, session: Session) -> dict[str,
     return {"timeout_min": settings.time * per_task, "setup": setup}
 
 
+def array_task(session: Session, index: int) -> int:
+    """One task of the SLURM array: job `index` (or, when it is taken, the next free one), then stop."""
+    return work(session, str(index), max_jobs=1, wait=False, start=index)
+
+
 def _run_submitit(session: Session, settings: LaunchSettings, emit: StatusCallback) -> list[str]:
     """Submit the workers through submitit and watch them; returns the tasks that failed, with their logs."""
     import submitit
@@ -225,9 +231,7 @@ def _run_submitit(session: Session, settings: LaunchSettings, emit: StatusCallba
     if settings.launcher == "slurm":
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         executor.update_parameters(**params)
-        n = len(session.jobs)
-        task = functools.partial(work, session, max_jobs=1, wait=False)
-        jobs = executor.map_array(task, [str(i) for i in range(n)], range(n))
+        jobs = executor.map_array(functools.partial(array_task, session), range(len(session.jobs)))
     else:
         executor = submitit.LocalExecutor(folder=folder)
         gpus = _gpus(session.device)
