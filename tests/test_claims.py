@@ -146,13 +146,13 @@ def test_a_job_that_keeps_killing_its_worker_fails(tmp_path):
 
 def test_reset_clears_failed_and_lost_done_claims(tmp_path):
     claims = Claims(tmp_path)
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "record.json").write_text("{}")
     base = Claim(KEY, host="h", pid=1, token="t")
     plant(claims, replace(base, key="a" * 16, state="failed"))
-    plant(claims, replace(base, key="b" * 16, state="done", run_dir=str(tmp_path / "gone")))
-    plant(claims, replace(base, key="c" * 16, state="done", run_dir=str(run)))
+    plant(claims, replace(base, key="b" * 16, state="done"))  # its record was deleted
+    plant(claims, replace(base, key="c" * 16, state="done"))  # finished after the caller listed its pending jobs
     plant(claims, replace(base, key="d" * 16, state="running"))
-    assert claims.reset(c * 16 for c in "abcd") == ["a" * 16, "b" * 16]
+    assert claims.reset([c * 16 for c in "abcd"], finished=lambda: {"c" * 16}) == ["a" * 16, "b" * 16]
     assert claims.read("c" * 16).state == "done" and claims.read("d" * 16).state == "running"
+    calls = []
+    claims.reset(["d" * 16], finished=lambda: calls.append(1) or set())
+    assert calls == []  # records are listed only when a done claim needs the check

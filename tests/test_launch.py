@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import textwrap
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ from vlm.errors import VlmError
 from vlm.experiments import JOB_KEY, LaunchSettings, load_experiment
 from vlm.launch import executor_parameters, run_matrix
 from vlm.results import load_runs
-from vlm.worker import Session, log_path
+from vlm.worker import Session, log_path, run_claimed
 
 runner = CliRunner()
 FAST = {"poll_s": 0.1, "heartbeat_s": 0.2}
@@ -106,6 +107,21 @@ def test_a_dead_workers_job_resumes_in_its_run_folder(tmp_path):
     record = load_runs(runs)[0]
     assert record.path == str(half.run_dir) and record.config["epochs_run"] == 2
     assert claims.read(job.key).attempt == 2 and f"resuming {half.run_dir}" in log_path(runs, job).read_text()
+
+
+def test_a_job_whose_worker_died_after_its_record_is_not_rerun(exp_file, tmp_path):
+    exp = load_experiment(exp_file)
+    job = exp.jobs()[0]
+    runs = tmp_path / "runs"
+    run_matrix(exp, runs_dir=runs, data_root=exp_file.parent, device="cpu", session_options=FAST)
+    done = Claims(runs).read(job.key)
+    # The worker wrote the record, then died before marking its claim done.
+    Claims(runs).path(job.key).write_text(replace(done, state="running", pid=2**22 + 1, token="dead").to_json())
+    session = Session(runs_dir=str(runs), jobs=[job], data_root=str(exp_file.parent), device="cpu", **FAST)
+    claims = session.claims()
+    claim = claims.try_claim(job.key, job.label)
+    assert run_claimed(session, claims, job, claim).state == "done"
+    assert records_per_job(runs)[job.key] == 1 and log_path(runs, job).read_text().count("=== cnn") == 1
 
 
 def test_local_launcher_runs_the_matrix_through_submitit(exp_file, tmp_path):

@@ -6,7 +6,7 @@ the job key and label, host, pid, start time, session, attempt, log file and (on
 its run folder, and a `state`:
 
     running      its worker touches the file every `HEARTBEAT_S` (the mtime is the heartbeat)
-    done         the job wrote its record (kept, so that no later claimer runs it again)
+    done         the job wrote its records (kept, so that no later claimer runs it again)
     failed       the job raised; final for the `vlm run` calls now running (`reset` clears it at start)
     interrupted  Ctrl-C: claimable at once, and the job resumes from its run folder's last.pt
 
@@ -29,9 +29,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-from vlm.results import RECORD_FILE
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 CLAIMS_DIR = ".claims"
 LOCK_FILE = ".lock"
@@ -179,19 +177,20 @@ class Claims:
         os.utime(self.path(claim.key))
         return True
 
-    def reset(self, keys: Iterable[str]) -> list[str]:
-        """At the start of a `vlm run`: remove the failed claims of `keys` (so they are tried again) and done
-        claims whose run folder has lost its record. Returns the keys cleared."""
+    def reset(self, keys: Iterable[str], finished: Callable[[], Collection[str]]) -> list[str]:
+        """At the start of a `vlm run` of the jobs `keys` (those without a finished record): remove their
+        failed claims (so they are tried again) and their done claims whose records are gone. `finished()`
+        lists the job keys with a finished record now; it is read under the lock (a worker marks its claim
+        done under the lock after writing the record), so a job that finished meanwhile keeps its claim.
+        Returns the keys cleared."""
         cleared = []
         with self.lock():
-            for key in keys:
-                claim = self.read(key)
-                if claim is None:
-                    continue
-                lost = claim.state == "done" and not (claim.run_dir and (Path(claim.run_dir) / RECORD_FILE).is_file())
-                if claim.state == "failed" or lost:
-                    self.path(key).unlink()
-                    cleared.append(key)
+            claims = [c for c in map(self.read, keys) if c is not None and c.state in ("failed", "done")]
+            done_now = set(finished()) if any(c.state == "done" for c in claims) else set()
+            for claim in claims:
+                if claim.state == "failed" or claim.key not in done_now:
+                    self.path(claim.key).unlink()
+                    cleared.append(claim.key)
         return cleared
 
     def _create(self, claim: Claim) -> bool:

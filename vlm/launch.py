@@ -36,7 +36,7 @@ from typing import Any, Callable
 import vlm
 from vlm.claims import CLAIMS_DIR
 from vlm.errors import VlmError
-from vlm.experiments import Experiment, LaunchSettings, pending_jobs
+from vlm.experiments import Experiment, LaunchSettings, finished_jobs, pending_jobs
 from vlm.worker import LOGS_DIR, Session, work
 
 SUBMITIT_DIR = ".submitit"
@@ -108,7 +108,7 @@ def run_matrix(
                       cache_dir=absolute(cache_dir), **(session_options or {}))
     if not todo:
         return session, MatrixStatus()
-    session.claims().reset(job.key for job in todo)
+    session.claims().reset([job.key for job in todo], lambda: finished_jobs(runs_dir).keys())
     emit = on_status or (lambda status: None)
     problems: list[str] = []
     if settings.launcher is not None:

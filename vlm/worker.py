@@ -119,16 +119,16 @@ def all_settled(claims: Claims, jobs: list[Job]) -> bool:
 
 def run_claimed(session: Session, claims: Claims, job: Job, claim: Claim, *, capture: bool = True) -> Claim:
     """Run (or resume) a claimed job with a heartbeat and its log; mark the claim done, failed or interrupted."""
-    from vlm.experiments import run_job
+    from vlm.experiments import finished_jobs, run_job
     from vlm.training import SPEC_FILE, TrainingInterrupted
 
     log = log_path(session.runs_dir, job)
     log.parent.mkdir(parents=True, exist_ok=True)
     claim = claims.update(claim, log=str(log)) or claim
     folder = Path(claim.run_dir) if claim.run_dir else None
-    if folder is not None and (folder / RECORD_FILE).is_file():  # its worker died after the record was written
+    if folder is not None and job.key in finished_jobs(session.runs_dir):  # its worker died after the last record
         return claims.update(claim, state="done") or claim
-    resumable = (folder is not None and (folder / SPEC_FILE).is_file()
+    resumable = (folder is not None and (folder / SPEC_FILE).is_file() and not (folder / RECORD_FILE).is_file()
                  and get_method(job.method.kind).resume is not None)
     first_dir: list[Path] = []
 
