@@ -33,7 +33,6 @@ from typing import Any, Callable, Collection, Iterable, Iterator
 
 CLAIMS_DIR = ".claims"
 LOCK_FILE = ".lock"
-STATES = ("running", "done", "failed", "interrupted")
 HOST = socket.gethostname()
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
