@@ -1,4 +1,4 @@
-"""The encoder interface, the alias table, the backend registry, name resolution and `load_encoder`.
+"""The encoder interface, the backend registry, name resolution and `load_encoder` (aliases: `aliases`).
 
 Backends (`vlm.encoders.open_clip`, `.hf_clip`, `.timm`) register themselves with `register_backend`
 when the package is imported; nothing here imports a backend or its library.
@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from vlm.encoders.aliases import ALIASES, EncoderAlias, list_aliases  # noqa: F401 - re-exported
 from vlm.encoders.checkpoints import check_weights_file
 from vlm.encoders.hub import OPEN_CLIP_CONFIG
 from vlm.errors import VlmError
@@ -47,48 +48,6 @@ from vlm.runtime import resolve_device
 
 RANDOM_INIT = "random-init"
 TEXT_BATCH = 256  # texts per tokenizer/text-tower call
-
-
-# ----------------------------------------------------------------------------- aliases
-@dataclass(frozen=True)
-class EncoderAlias:
-    """A short name for a well-known encoder."""
-
-    name: str
-    backend: str  # "open_clip" | "transformers" | "timm"
-    target: str  # what load_encoder resolves it to
-    description: str
-    text_model: str | None = None  # HF text model an open_clip config names (needed offline in FOLDER/text/)
-
-
-ALIASES: dict[str, EncoderAlias] = {
-    a.name: a
-    for a in (
-        EncoderAlias("biomedclip", "open_clip", "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-                     "BiomedCLIP: ViT-B/16 + PubMedBERT text tower, trained on PMC-15M figure-caption pairs (224 px)",
-                     text_model="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"),
-        EncoderAlias("clip-vit-b-32", "open_clip", "ViT-B-32:openai",
-                     "OpenAI CLIP ViT-B/32 (open_clip, QuickGELU, 224 px)"),
-        EncoderAlias("clip-vit-b-16", "open_clip", "ViT-B-16:openai",
-                     "OpenAI CLIP ViT-B/16 (open_clip, QuickGELU, 224 px)"),
-        EncoderAlias("clip-vit-b-32-laion", "open_clip", "ViT-B-32:laion2b_s34b_b79k",
-                     "LAION-2B CLIP ViT-B/32 (open_clip, 224 px)"),
-        EncoderAlias("clip-vit-b-32-hf", "transformers", "openai/clip-vit-base-patch32",
-                     "OpenAI CLIP ViT-B/32 (transformers CLIPModel, 224 px)"),
-        EncoderAlias("plip", "transformers", "vinid/plip",
-                     "PLIP: CLIP ViT-B/32 fine-tuned on OpenPath pathology image-text pairs (transformers)"),
-        EncoderAlias("pubmedclip", "transformers", "flaviagiammarino/pubmed-clip-vit-base-patch32",
-                     "PubMedCLIP: CLIP ViT-B/32 fine-tuned on ROCO radiology image-caption pairs (transformers)"),
-        EncoderAlias("quiltnet", "open_clip", "hf-hub:wisdomik/QuiltNet-B-32",
-                     "QuiltNet: CLIP ViT-B/32 fine-tuned on Quilt-1M histopathology video frames (open_clip)"),
-    )
-}
-
-
-def list_aliases() -> list[dict[str, str]]:
-    """The alias table as plain rows (name, backend, target, description)."""
-    return [{"name": a.name, "backend": a.backend, "target": a.target, "description": a.description}
-            for a in ALIASES.values()]
 
 
 # ----------------------------------------------------------------------------- the interface
