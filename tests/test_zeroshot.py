@@ -178,7 +178,7 @@ def test_tiny_trained_clip_reads_class_names(tiny_clip, tmp_path):
     })
     kwargs = dict(prompts=prompts, data_root=tmp_path, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache",
                   n_bootstrap=100)
-    res = {r["style"]: r for r in run_zero_shot("octmnist", "tiny", encoder=tiny_clip, **kwargs)}
+    res = {r["style"]: r for r in run_zero_shot("octmnist", "tiny", encoder=tiny_clip, styles="all", **kwargs)}
     assert res["right"]["n"] == 40 and res["right"]["images_encoded"] == 40
     assert res["right"]["acc"] >= 0.9 and res["right"]["auc"] >= 0.95
     assert res["shuffled"]["acc"] <= 0.25 and res["shuffled"]["auc"] < 0.5  # systematically wrong
@@ -297,8 +297,9 @@ def test_multi_label_run_uses_prompt_pairs(tmp_path):
     expected_pos = F.normalize(F.normalize(enc.encode_texts(pos), dim=-1).mean(0), dim=-1)
     expected_neg = F.normalize(F.normalize(enc.encode_texts(neg), dim=-1).mean(0), dim=-1)
     assert torch.allclose(w[:, 0, 1], expected_pos) and torch.allclose(w[:, 0, 0], expected_neg)
-    results = run_zero_shot("chestmnist", "fake", encoder=enc, data_root=tmp_path, runs_dir=tmp_path / "runs",
-                            cache_dir=tmp_path / "cache", n_bootstrap=0, save_scores=tmp_path / "s.npy")
+    results = run_zero_shot("chestmnist", "fake", encoder=enc, styles="all", data_root=tmp_path,
+                            runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", n_bootstrap=0,
+                            save_scores=tmp_path / "s.npy")
     assert [r["style"] for r in results] == ps.style_names
     for r in results:
         assert r["n"] == 20 and len(r["per_class"]) == 14 and r["auc_ci"] is None
@@ -389,7 +390,8 @@ def test_cli_table_save_scores_and_cache(tiny_oc_weights, data_root, tmp_path):
     base = ["zero-shot", "breastmnist", "--model", name, "--weights", str(weights), "--data-root", str(data_root),
             "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "20",
             "--device", "cpu"]
-    result = CliRunner().invoke(app, base + ["--save-scores", str(tmp_path / "scores.npy")], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, base + ["--style", "all", "--save-scores", str(tmp_path / "scores.npy")],
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "AUC [95% CI]" in result.stdout and "per-class ACC" in result.stdout and "descriptive" in result.stdout
     assert "encoded 20 images" in result.stdout

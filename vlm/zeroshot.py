@@ -134,7 +134,7 @@ def run_zero_shot(
     *,
     weights: str | os.PathLike | None = None,
     prompts: str | os.PathLike | None = None,
-    styles: str | Sequence[str] = "all",
+    styles: str | Sequence[str] = "best",
     split: str = "test",
     size: int = 28,
     data_root: str | os.PathLike | None = None,
@@ -152,7 +152,13 @@ def run_zero_shot(
     save_scores: str | os.PathLike | None = None,
     encoder: Encoder | None = None,
 ) -> list[dict[str, Any]]:
-    """Zero-shot score one split of a dataset with every chosen prompt style; record one run per style.
+    """Zero-shot score one split of a dataset with the chosen prompt style(s); record one run per style.
+
+    `styles="best"` (the default) ranks the prompt file's styles on the VAL split (`compare_prompts`, from
+    cached embeddings) and scores `split` once with the winner; each result and record then carries
+    `selection = {"split": "val", "style": NAME, "ranking": [{style, auc, acc}, ...]}`. Several styles
+    scored on test (`styles="all"`, `split="test"`) are each marked `selection = {"split": "test", ...}`:
+    choosing among them would be a choice made on test, and `vlm compare` never marks such a row best.
 
     Returns one dict per style: style, prompts (file), model (encoder id), weights_id, auc, acc, auc_ci, acc_ci,
     balanced_acc,
@@ -171,11 +177,23 @@ def run_zero_shot(
     task = data.task
     prompt_set = _load_prompts(task.flag, prompts)
     check_prompt_set(prompt_set, task)
-    chosen = prompt_set.resolve_styles(styles)
+    best = styles == "best"
+    chosen = prompt_set.style_names if best else prompt_set.resolve_styles(styles)
     with Timer() as t_load:
         enc = encoder if encoder is not None else load_encoder(model, weights, device)
     if not enc.has_text:
         enc.encode_texts([])  # image-only: one clear error before any work
+    selection = None
+    if best and len(chosen) > 1:
+        ranking = compare_prompts(task.flag, enc.id, [prompt_set.path], split="val", size=size, data_root=data_root,
+                                  download=download, batch_size=batch_size, cache_dir=cache_dir,
+                                  slice_axis=slice_axis, pool=pool, n_bootstrap=0, progress=progress, encoder=enc)
+        chosen = [ranking[0]["style"]]
+        selection = {"split": "val", "style": chosen[0],
+                     "ranking": [{"style": r["style"], "auc": r["auc"], "acc": r["acc"]} for r in ranking]}
+    elif len(chosen) > 1 and split == "test":
+        selection = {"split": "test", "style": None,
+                     "note": "several styles scored on test: a choice among them is not a val selection"}
     with Timer() as t_img:
         emb, encoded = policy.embed(enc, data, progress)
     prompt_file = Path(prompt_set.path)
@@ -190,7 +208,8 @@ def run_zero_shot(
         result: dict[str, Any] = {"style": style, "prompts": str(prompt_file), "model": enc.id,
                                   "weights_id": enc.weights_id, **metrics.to_dict(),
                                   "images_encoded": encoded, "seconds": round(t_style.seconds, 4),
-                                  "encode_seconds": round(t_img.seconds, 4), "run_dir": None}
+                                  "encode_seconds": round(t_img.seconds, 4), "run_dir": None,
+                                  "selection": selection}
         if save_scores is not None:
             out = _scores_path(Path(save_scores), style, len(chosen) > 1)
             atomic_save_npy(out, scores.detach().float().cpu().numpy())
@@ -201,7 +220,7 @@ def run_zero_shot(
                 "n_prompts": prompt_set.n_prompts(style), "model_name": model, "encoder": enc.describe(),
                 "batch_size": batch_size, "device": str(enc.device), "n_bootstrap": n_bootstrap,
                 "images_encoded": encoded, "cache_dir": str(cache_dir) if cache_dir is not None else None,
-                **policy.volume_fields(task.is_3d),
+                **policy.volume_fields(task.is_3d), "selection": selection,
             }
             rec = record_run(data, scores, metrics, method="zero-shot", model=enc.id, runs_dir=runs_dir,
                              weights_id=enc.weights_id, seed=seed, config=config,
