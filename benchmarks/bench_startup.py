@@ -1,8 +1,9 @@
 """Start-up time of `vlm` commands and of a fully cached `vlm prompts compare`, as subprocess wall times.
 
 (a) start-up: `python cli.py --help`, `datasets`, `models`, `prompts list`, `prompts show breastmnist` and
-    `prompts validate prompts/*.yaml` against a bare `python -c "import typer, rich"` (what any typer +
-    rich CLI pays). Target: every command within 2x of that baseline.
+    `prompts validate prompts/*.yaml` against a bare `python -c "import typer, rich"`. Target: every command
+    within 2x of that baseline. Also shown: the floor of any typer command, a one-command app with one str
+    option printing a small rich table (typer coerces option values through pydantic).
 (b) warm compare: `python cli.py prompts compare breastmnist --model local-dir:TINY --prompts P0..P9.yaml`
     with every image and text embedding already in --cache-dir (one untimed run fills it), against a bare
     `python -c "import torch"`. TINY is a random-initialised tiny open_clip model (1-layer ViT, 32 px)
@@ -36,6 +37,19 @@ DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared/data/medmnist"
 TINY_CFG = {"embed_dim": 16,
             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+# The floor any typer + rich command pays: a one-command app with one str option printing a small rich table
+# (typer coerces option values through pydantic, and help goes through typer.rich_utils).
+FLOOR = """import typer
+app = typer.Typer(rich_markup_mode="rich")
+@app.command()
+def main(fmt: str = "table"):
+    from rich.console import Console
+    from rich.table import Table
+    table = Table("a", "b")
+    table.add_row("1", "2")
+    Console().print(table)
+app()
+"""
 TEMPLATES = ["a breast ultrasound image of {label}.", "an ultrasound scan of the breast showing {label}.",
              "a grayscale sonogram of {label} in the breast.", "a photo of {label}.", "{label}.",
              "a medical image of {label}.", "an ultrasound of {label}.", "breast tissue with {label}.",
@@ -83,9 +97,12 @@ def measure(commands: dict[str, list[str]], baseline: str, repeats: int, env: di
 
 def tiny_model(folder: Path) -> Path:
     """A random tiny open_clip model as a local-dir folder (open_clip_config.json + weights file)."""
-    import torch
-    import open_clip
+    import logging
 
+    import open_clip
+    import torch
+
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that it built a model without weights
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "open_clip_config.json").write_text(json.dumps(
         {"model_cfg": TINY_CFG, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
@@ -97,6 +114,7 @@ def tiny_model(folder: Path) -> Path:
 
 def prompt_files(folder: Path, n: int = 10) -> list[Path]:
     """`n` breastmnist prompt files, each with two styles over different templates."""
+    folder.mkdir(parents=True, exist_ok=True)
     files = []
     for i in range(n):
         a, b = TEMPLATES[i % len(TEMPLATES)], TEMPLATES[(i + 3) % len(TEMPLATES)]
@@ -130,6 +148,7 @@ def main() -> None:
         prompts = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "prompts").glob("*.yaml"))
         measure({
             "import typer, rich": [py, "-c", "import typer, rich"],
+            "typer floor (1 option, 1 table)": [py, "-c", FLOOR],
             "vlm --help": [py, "cli.py", "--help"],
             "vlm datasets": [py, "cli.py", "datasets", "--data-root", str(args.data_root)],
             "vlm models": [py, "cli.py", "models"],

@@ -70,3 +70,18 @@ def test_medmnist_info_is_medmnist_info():
     from vlm.tasks import medmnist_info
 
     assert medmnist_info().INFO == medmnist.INFO and medmnist_info().DEFAULT_ROOT == medmnist.info.DEFAULT_ROOT
+
+
+def test_fully_cached_prompts_compare_imports_no_model_library(tmp_path):
+    """Every image and prompt embedding cached: the run needs torch, but neither open_clip nor a tower."""
+    from conftest import write_synthetic
+    from fixtures.tiny_models import write_tiny_open_clip_dir
+    from vlm.zeroshot import compare_prompts
+
+    write_synthetic(tmp_path, "breastmnist")
+    model = f"local-dir:{write_tiny_open_clip_dir(tmp_path / 'tiny')}"
+    options = {"data_root": tmp_path, "cache_dir": tmp_path / "cache", "n_bootstrap": 0}
+    compare_prompts("breastmnist", model, [REPO / "prompts/breastmnist.yaml"], **options)  # fills the caches
+    loaded = heavy_imports("prompts", "compare", "breastmnist", "--model", model, "--data-root", str(tmp_path),
+                           "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "0", "--json")
+    assert "torch" in loaded and not {"open_clip", "transformers", "timm", "sklearn", "matplotlib"} & set(loaded)

@@ -57,11 +57,14 @@ class Encoder(ABC):
     Attributes: `id` (stable string naming the architecture/source), `weights_id` (sha256 prefix of the
     weights file, or the pretrained tag / hub id), `preprocess` (the model's own preprocessing as a
     `vlm.preprocess.Preprocess`), `embed_dim`, `logit_scale` (the model's own, exp'd; 1.0 for
-    image-only models), `device`, `has_text`, `name` (what the user asked for), `backend`.
+    image-only models), `device`, `has_text`, `name` (what the user asked for), `backend`, and for the text
+    side `text_id` (the tokenizer and its settings; "" = text embeddings are not cached) and `context_length`.
     """
 
     backend: str = ""
     has_text: bool = True
+    text_id: str = ""
+    context_length: int | None = None
 
     def __init__(self, *, id: str, weights_id: str, preprocess: Preprocess, embed_dim: int, logit_scale: float,
                  device: torch.device, name: str = "", description: str = "") -> None:
@@ -153,7 +156,8 @@ class Backend:
     (`timm:NAME`). `rules` are `(rank, matches)` pairs tried with every backend's rules in rank order (see
     the module docstring). `names()` lists architecture names suggested in "Unknown model" errors.
     `weights_as_tag(target, weights)` lets a `--weights` value that is no file name pretrained weights: it
-    returns the new target, or None.
+    returns the new target, or None. `lazy_load` (same arguments) returns an encoder whose ids, preprocessing
+    and logit scale come from config files and whose towers are built on first use.
     """
 
     name: str
@@ -162,6 +166,7 @@ class Backend:
     rules: tuple[tuple[int, Matcher], ...] = ()
     names: Callable[[], list[str]] | None = None
     weights_as_tag: Callable[[str, str], "str | None"] | None = None
+    lazy_load: Loader | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -232,8 +237,12 @@ def unknown_model_message(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the factory
-def load_encoder(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Encoder:
+def load_encoder(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 lazy: bool = False) -> Encoder:
     """Load an encoder by alias or name, optionally with a local weights file, on a device.
+
+    `lazy=True` defers building the model to its first use where the backend can (open_clip, transformers):
+    an encoder whose embeddings all come from caches then never builds a tower.
 
     `weights=FILE` (a state dict saved with `torch.save`, or a `.safetensors` file) replaces the weights
     that the name would bring; for an open_clip architecture `weights` may also be a pretrained tag
@@ -250,4 +259,5 @@ def load_encoder(name: str, weights: str | os.PathLike | None = None, device: st
         if target is not None:
             resolved, weights = Resolved(resolved.backend, target, resolved.alias), None
     weights_path = check_weights_file(weights)
-    return backend.load(resolved.target, weights_path, resolve_device(device), resolved.alias)
+    load = backend.lazy_load if lazy and backend.lazy_load is not None else backend.load
+    return load(resolved.target, weights_path, resolve_device(device), resolved.alias)
