@@ -78,20 +78,22 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
-def measure(commands: dict[str, list[str]], baseline: str, repeats: int, env: dict[str, str]) -> None:
-    """Run every command once per round (interleaved), then print medians and ratios to `baseline`."""
+def measure(commands: dict[str, list[str]], baseline: str, repeats: int, env: dict[str, str],
+            floor: str | None = None) -> None:
+    """Run every command once per round (interleaved), then print medians and ratios to `baseline` (and `floor`)."""
     times: dict[str, list[float]] = {name: [] for name in commands}
     for r in range(repeats):
         for name, cmd in commands.items():
             times[name].append(timed(cmd, env))
         print(f"   round {r + 1}/{repeats}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()), flush=True)
     base = statistics.median(times[baseline])
+    low = statistics.median(times[floor]) if floor else None
     width = max(map(len, commands))
-    print(f"\n{'command'.ljust(width)}  median [s]  ratio vs {baseline}")
-    print(f"{'-' * width}  ----------  {'-' * (9 + len(baseline))}")
+    print(f"\n{'command'.ljust(width)}  median [s]  {f'ratio vs {baseline}':>24}" + ("  ratio vs floor" if low else ""))
+    print(f"{'-' * width}  ----------  {'-' * 24}" + ("  ---------------" if low else ""))
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"{name.ljust(width)}  {med:10.3f}  {med / base:.2f}x")
+        print(f"{name.ljust(width)}  {med:10.3f}  {med / base:23.2f}x" + (f"  {med / low:14.2f}x" if low else ""))
     print()
 
 
@@ -148,14 +150,14 @@ def main() -> None:
         prompts = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "prompts").glob("*.yaml"))
         measure({
             "import typer, rich": [py, "-c", "import typer, rich"],
-            "typer floor (1 option, 1 table)": [py, "-c", FLOOR],
+            "typer floor": [py, "-c", FLOOR],
             "vlm --help": [py, "cli.py", "--help"],
             "vlm datasets": [py, "cli.py", "datasets", "--data-root", str(args.data_root)],
             "vlm models": [py, "cli.py", "models"],
             "vlm prompts list": [py, "cli.py", "prompts", "list"],
             "vlm prompts show": [py, "cli.py", "prompts", "show", "breastmnist"],
             "vlm prompts validate": [py, "cli.py", "prompts", "validate", *prompts],
-        }, "import typer, rich", args.repeats, env)
+        }, "import typer, rich", args.repeats, env, floor="typer floor")
     if "compare" in parts:
         with tempfile.TemporaryDirectory(prefix="bench_startup_") as tmp:
             root = Path(tmp)

@@ -161,9 +161,10 @@ def _build(plan: Plan, target: str, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=torch.channels_last).eval()
 
 
-def _load(target: str, weights: Path | None, device: torch.device, alias: EncoderAlias | None) -> OpenClipEncoder:
-    """Build an open_clip model for `target` (see `vlm.encoders.base`) and load its weights."""
-    plan = _plan(target, weights, alias)
+def _load(target: str, weights: Path | None, device: torch.device, alias: EncoderAlias | None,
+          plan: Plan | None = None) -> OpenClipEncoder:
+    """Build an open_clip model for `target` (see `vlm.encoders.base`; or for `plan`) and load its weights."""
+    plan = plan or _plan(target, weights, alias)
     model = _build(plan, target, device)
     tokenizer = _tokenizer(plan.create_name, plan.model_cfg, plan.text_cfg, target)
     embed_dim = int(plan.model_cfg.get("embed_dim") or model.text_projection.shape[-1])
@@ -183,7 +184,7 @@ def _lazy_load(target: str, weights: Path | None, device: torch.device, alias: E
     except ModelError:  # an unreadable file: the full load says so
         scale = None
     if scale is None or "embed_dim" not in plan.model_cfg:
-        return _load(target, weights, device, alias)
+        return _load(target, weights, device, alias, plan)
     return OpenClipEncoder(None, None, plan, id=plan.enc_id, weights_id=plan.weights_id,
                            preprocess=_preprocess(preprocess_cfg(plan), target), embed_dim=plan.model_cfg["embed_dim"],
                            logit_scale=float(scale.detach().float().exp().reshape(-1)[0].item()), device=device,

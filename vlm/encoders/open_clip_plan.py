@@ -137,7 +137,7 @@ def plan_architecture(ident: str, weights: Path | None) -> Plan:
             ckpt = fetch_tag_weights(arch, tag, tag_cfg)
             weights_id = tag
     elif ckpt is None:
-        warnings.warn(f"{arch}: no pretrained tag and no --weights: the model is random-initialised.", stacklevel=4)
+        warnings.warn(f"{arch}: no pretrained tag and no --weights: the model is random-initialised.", stacklevel=5)
     model_cfg = open_clip.get_model_config(arch) or {}
     text_cfg = model_cfg.get("text_cfg", {})
     plan = Plan(arch, f"open_clip:{arch}", ckpt, weights_id, model_cfg, create_kwargs)
