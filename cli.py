@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from vlm.commands import compare, data, experiments, plot, prompts, training, zeroshot
+from vlm.commands import compare, data, experiments, fewshot, plot, prompts, training, zeroshot
 from vlm.commands.common import VlmGroup
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.add_typer(plot.plot_app, name="plot")
 app.command("train")(training.train_cmd)
 app.command("finetune")(training.finetune_cmd)
 app.command("models")(training.models_cmd)
+app.command("fewshot", cls=fewshot.FewShotCommand)(fewshot.fewshot_cmd)
 app.command("run")(experiments.run_cmd)
 
 if __name__ == "__main__":

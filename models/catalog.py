@@ -22,8 +22,8 @@ class CatalogEntry(NamedTuple):
 CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("alexnet", "2d", "torchvision alexnet (ImageNet weights: --weights FILE)"),
     CatalogEntry("medium-cnn", "2d", "Keras-notebook medium CNN: conv128-conv512-conv1024 -> dense 256 -> dense 128 -> K."),
-    CatalogEntry("medmnist-resnet18", "2d", "MedMNIST's CIFAR-style ResNet-18 (3x3 stride-1 stem, no max-pool), for 28 px inputs."),
-    CatalogEntry("medmnist-resnet50", "2d", "MedMNIST's CIFAR-style ResNet-50 (3x3 stride-1 stem, no max-pool), for 28 px inputs."),
+    CatalogEntry("medmnist-resnet18", "2d", "MedMNIST's ResNet-18: CIFAR-style for 28 px inputs; `stem=imagenet`: torchvision's (their 224 px)."),
+    CatalogEntry("medmnist-resnet50", "2d", "MedMNIST's ResNet-50: CIFAR-style for 28 px inputs; `stem=imagenet`: torchvision's (their 224 px)."),
     CatalogEntry("medvit_base", "2d", "MedViT-base (Manzari et al. 2023): hybrid ECB/LTB transformer, depths 3-4-20-3, 224 px."),
     CatalogEntry("medvit_large", "2d", "MedViT-large (Manzari et al. 2023): hybrid ECB/LTB transformer, depths 3-4-30-3, 224 px."),
     CatalogEntry("medvit_small", "2d", "MedViT-small (Manzari et al. 2023): hybrid ECB/LTB transformer, depths 3-4-10-3, 224 px."),

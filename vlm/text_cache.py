@@ -12,8 +12,9 @@ in one folder, `<cache_dir>/text/<sha256 of those fields>/`, as shards: safetens
 sha256 over all three. A shard is verified on read: stored fields equal to the wanted ones, one row per
 prompt, finite values of the encoder's width and a matching digest; one that fails is discarded (and
 deleted) with a warning, and its prompts are encoded again. Newly encoded prompts are written as one new
-shard; past `MAX_SHARDS` a folder is merged into one. Encoders without a `text_id` and random-initialised
-ones (weights id `random-init`) are never cached.
+shard; past `MAX_SHARDS` a folder is merged into one. Encoders without a `text_id`, random-initialised
+ones (weights id `random-init`) and those whose features depend on the batch (`pads_per_class`) are never
+cached.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ MAX_SHARDS = 32
 
 def text_key(encoder: Encoder) -> dict[str, Any] | None:
     """The fields every cached prompt of this encoder shares, or None when its texts are not cacheable."""
-    if not encoder.has_text or not encoder.text_id or encoder.weights_id.startswith(RANDOM_INIT):
+    if not encoder.has_text or not encoder.text_id or encoder.weights_id.startswith(RANDOM_INIT) \
+            or getattr(encoder, "pads_per_class", False):  # its features depend on the prompts batched together
         return None
     return {"format_version": FORMAT_VERSION, "encoder": encoder.id, "weights_id": encoder.weights_id,
             "text_id": encoder.text_id, "context_length": encoder.context_length}

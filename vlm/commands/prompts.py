@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from vlm.commands.common import FlagArg, SizeOpt, VlmGroup, command
 from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, ScoringOptions, StyleOpt, WeightsOpt
-from vlm.commands.encoder_options import encoder_kwargs
+from vlm.commands.encoder_options import EnsembleOpt, encoder_kwargs
 from vlm.commands.output import Block, FormatOpt, Line, Output, Styled, Table, columns, emit, err, status_console
 from vlm.commands.views import metric_cells
 from vlm.errors import VlmError
@@ -129,6 +129,7 @@ def prompts_compare(
     more: Annotated[Optional[list[Path]], typer.Argument(
         help="More prompt files (so that `--prompts A.yaml B.yaml` takes both).", show_default=False)] = None,
     weights: WeightsOpt = None,
+    ensemble: EnsembleOpt = None,
     split: Annotated[str, typer.Option("--split", help="Split to rank on; keep val for model selection "
                                                        "(score test once with `vlm zero-shot`).")] = "val",
     size: SizeOpt = 28,
@@ -158,7 +159,7 @@ def prompts_compare(
     progress, callback = encode_progress(status_console(fmt), f"encoding {flag} {split}")
     with progress:
         ranker = prompt_ranker(flag, model, () if watch else files, weights=weights, split=split, size=size,
-                               progress=callback, **encoder_kwargs(encode, scoring))
+                               progress=callback, ensemble=ensemble, **encoder_kwargs(encode, scoring))
     if not watch:
         return ranking_output(ranker.rank(files), flag, model, split, size)
     from vlm.watch import watch_rankings

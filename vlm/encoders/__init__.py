@@ -7,7 +7,7 @@ random-initialised (its `weights_id` is `random-init` and its embeddings are nev
 
 Modules: `aliases` (the alias table), `base` (interface, backend registry, name resolution, `load_encoder`), `hub`
 (offline hub access and messages), `checkpoints` (weights files), and one per backend, each
-registering itself on import: `open_clip`, `transformers`, `timm`. Importing this package (or its
+registering itself on import: `open_clip`, `transformers`, `timm`, `medclip`. Importing this package (or its
 torch-free `aliases`) imports neither torch nor a backend: the names below load on first use, and the
 first use of any of them imports every backend; a backend imports its own library only when it resolves
 or loads a name.
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from vlm.encoders.timm import TimmEncoder
     from vlm.encoders.transformers import TransformersEncoder
 
-_BACKENDS = ("open_clip", "timm", "transformers")  # each registers its backend when imported
+_BACKENDS = ("medclip", "open_clip", "timm", "transformers")  # each registers its backend when imported
 _LAZY = {
     **dict.fromkeys(("ALIASES", "EncoderAlias", "list_aliases"), "aliases"),
     **dict.fromkeys(("BACKENDS", "RANDOM_INIT", "Backend", "Encoder", "Resolved", "load_encoder", "register_backend",

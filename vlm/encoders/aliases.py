@@ -10,7 +10,7 @@ class EncoderAlias:
     """A short name for a well-known encoder."""
 
     name: str
-    backend: str  # "open_clip" | "transformers" | "timm"
+    backend: str  # "open_clip" | "transformers" | "timm" | "medclip"
     target: str  # what load_encoder resolves it to
     description: str
     text_model: str | None = None  # HF text model an open_clip config names (needed offline in FOLDER/text/)
@@ -36,6 +36,12 @@ ALIASES: dict[str, EncoderAlias] = {
                      "PubMedCLIP: CLIP ViT-B/32 fine-tuned on ROCO radiology image-caption pairs (transformers)"),
         EncoderAlias("quiltnet", "open_clip", "hf-hub:wisdomik/QuiltNet-B-32",
                      "QuiltNet: CLIP ViT-B/32 fine-tuned on Quilt-1M histopathology video frames (open_clip)"),
+        EncoderAlias("medclip-vit", "medclip", "vit",
+                     "MedCLIP-ViT: Swin-tiny + Bio_ClinicalBERT, trained on MIMIC-CXR/CheXpert (local folder: "
+                     "--weights FOLDER, see vlm.encoders.medclip)"),
+        EncoderAlias("medclip-resnet", "medclip", "resnet",
+                     "MedCLIP-ResNet: ResNet-50 + Bio_ClinicalBERT, trained on MIMIC-CXR/CheXpert (local folder: "
+                     "--weights FOLDER, see vlm.encoders.medclip)"),
     )
 }
 

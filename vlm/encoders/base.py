@@ -13,8 +13,10 @@ A name is resolved in this order:
    ==== ============ =======================================================================
    rank backend      matches
    ==== ============ =======================================================================
+   5    medclip      `medclip-vit:FOLDER`, `medclip-resnet:FOLDER` (also the prefix `medclip:FOLDER`)
    10   open_clip    `hf-hub:ORG/REPO`, `local-dir:FOLDER`, a built-in architecture (`ViT-B-32`,
                      optionally `ViT-B-32:TAG`)
+   19   medclip      a local folder with `pytorch_model.bin` and `text/config.json` (no `config.json`)
    20   open_clip    a local folder with `open_clip_config.json` (-> `local-dir:FOLDER`)
    21   transformers a local folder with `config.json`
    30   (here)       any other local folder or path-like name: an error naming it
