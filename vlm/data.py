@@ -11,13 +11,15 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from vlm.errors import VlmError
 from vlm.files import file_digest
-from vlm.tasks import SPLITS, TaskSpec, get_task
+from vlm.tasks import SPLITS, TaskSpec, get_task, medmnist_info
+
+if TYPE_CHECKING:  # numpy and torch load with the first split, not with `vlm datasets`
+    import numpy as np
+    import torch
 
 ENV_ROOT = "VLM_DATA_ROOT"
 
@@ -46,6 +48,8 @@ class Split:
 
 def class_counts(task: TaskSpec, labels: torch.Tensor) -> list[int]:
     """Per-class counts of a label tensor (N, L); positives per label for multi-label tasks."""
+    import torch
+
     if task.kind == "multi-label":
         return labels.sum(dim=0).tolist()
     return torch.bincount(labels[:, 0].long().cpu(), minlength=task.num_classes).tolist()
@@ -53,9 +57,7 @@ def class_counts(task: TaskSpec, labels: torch.Tensor) -> list[int]:
 
 def default_root() -> Path:
     """medmnist's own default data folder (~/.medmnist)."""
-    from medmnist.info import DEFAULT_ROOT
-
-    return Path(DEFAULT_ROOT)
+    return Path(medmnist_info().DEFAULT_ROOT)
 
 
 def resolve_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -156,6 +158,9 @@ def load_split(
 
     Example: `load_split("breastmnist", "test", 28, "../shared/data/medmnist")` -> Split of 156 images.
     """
+    import numpy as np
+    import torch
+
     task = flag if isinstance(flag, TaskSpec) else get_task(flag)
     if split not in SPLITS:
         raise VlmError(f"Unknown split '{split}': choose one of {', '.join(SPLITS)}.")

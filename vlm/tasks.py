@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 from vlm.errors import VlmError
@@ -96,22 +97,22 @@ class TaskSpec:
 
 
 @lru_cache(maxsize=1)
-def _info() -> dict:
-    """`medmnist.INFO`, read from medmnist/info.py alone when medmnist is not imported yet: the package's
-    `__init__` imports its datasets and evaluator (torch, scikit-learn), seconds that `vlm compare` and
-    `vlm datasets` do not need."""
-    if "medmnist" in sys.modules:
-        return sys.modules["medmnist"].INFO
-    package = importlib.util.find_spec("medmnist")
-    if package is None or not package.submodule_search_locations:
-        import medmnist  # not installed: medmnist's own ImportError
+def medmnist_info() -> ModuleType:
+    """The `medmnist.info` module (INFO, DEFAULT_ROOT), run from its file: `import medmnist.info` would run
+    medmnist's `__init__`, which imports torch, its dataset classes and its evaluator (sklearn, pandas)."""
+    if "medmnist.info" in sys.modules:
+        return sys.modules["medmnist.info"]
+    spec = importlib.util.find_spec("medmnist")
+    if spec is None or spec.origin is None:
+        raise VlmError("medmnist is not installed: pip install medmnist.")
+    info_spec = importlib.util.spec_from_file_location("_medmnist_info", Path(spec.origin).with_name("info.py"))
+    module = importlib.util.module_from_spec(info_spec)  # type: ignore[arg-type]
+    info_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
-        return medmnist.INFO
-    spec = importlib.util.spec_from_file_location(
-        "vlm._medmnist_info", Path(next(iter(package.submodule_search_locations))) / "info.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.INFO
+
+def _info() -> dict:
+    return medmnist_info().INFO
 
 
 def all_tasks() -> list[TaskSpec]:

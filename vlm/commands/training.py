@@ -169,11 +169,11 @@ def models_cmd() -> Output:
 
     Example: [bold]vlm models --json[/]
     """
-    from models import list_models
-    from vlm.encoders import list_aliases
+    from models.catalog import CATALOG  # the registry's names without importing torch/timm
+    from vlm.encoders.aliases import list_aliases
 
     rows = [{"name": e.name + (":" if e.is_prefix else ""), "dims": e.dims, "description": e.description}
-            for e in list_models()]
+            for e in CATALOG]
     aliases = list_aliases()
     recipes = [{**r.describe(), "options": dict(r.options), "options_3d": dict(r.options_3d)} for r in RECIPES.values()]
     data = {"models": rows, "timm_fallback": "any timm 2D model name (e.g. resnet50, tf_efficientnet_lite0)",
