@@ -8,11 +8,12 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
+from vlm.commands.calibrate import CalibrateOpt, calibration_table
 from vlm.commands.common import FlagArg, RunsDirOpt, SizeOpt, SplitOpt, command
 from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, ScoringOptions, StyleOpt, WeightsOpt
 from vlm.commands.encoder_options import encoder_kwargs
 from vlm.commands.output import FormatOpt, Line, Output, Table, columns, status_console
-from vlm.commands.views import METRIC_COLUMNS, metric_cells
+from vlm.commands.views import CALIBRATION_COLUMNS, METRIC_COLUMNS, calibration_cells, metric_cells
 
 
 def _per_class_cell(result: dict[str, Any]) -> str:
@@ -21,9 +22,11 @@ def _per_class_cell(result: dict[str, Any]) -> str:
 
 
 def zero_shot_table(results: list[dict[str, Any]], title: str) -> Table:
-    """One row per prompt style: AUC/ACC with CIs, balanced ACC, per-class ACC and n."""
-    return Table(columns("style", *METRIC_COLUMNS, "per-class ACC", "n", right=(*METRIC_COLUMNS, "n")),
-                 [[str(r.get("style", "")), *metric_cells(r), _per_class_cell(r), str(r["n"])] for r in results],
+    """One row per prompt style: AUC/ACC with CIs, balanced ACC, ECE/Brier with CIs, per-class ACC and n."""
+    numbers = (*METRIC_COLUMNS, *CALIBRATION_COLUMNS)
+    return Table(columns("style", *numbers, "per-class ACC", "n", right=(*numbers, "n")),
+                 [[str(r.get("style", "")), *metric_cells(r), *calibration_cells(r), _per_class_cell(r), str(r["n"])]
+                  for r in results],
                  title=title, show_lines=True)
 
 
@@ -43,6 +46,7 @@ def zero_shot_cmd(
     encode: EncodeOptions,
     runs_dir: RunsDirOpt = Path("runs"),
     scoring: ScoringOptions,
+    calibrate: CalibrateOpt = None,
     fmt: FormatOpt = "table",
 ) -> Output:
     """Zero-shot classification of a split with a vision-language encoder and a prompt-set file.
@@ -61,7 +65,7 @@ def zero_shot_cmd(
     progress, callback = encode_progress(status_console(fmt), f"encoding {flag} {split}")
     with progress:
         results = run_zero_shot(flag, model, weights=weights, prompts=prompts, styles=style, split=split, size=size,
-                                runs_dir=runs_dir, progress=callback, save_scores=save_scores,
+                                runs_dir=runs_dir, progress=callback, save_scores=save_scores, calibrate=calibrate,
                                 **encoder_kwargs(encode, scoring))
     first = results[0]
     data = {"dataset": flag.lower(), "model": model, "encoder": first["model"], "weights_id": first["weights_id"],
@@ -71,6 +75,8 @@ def zero_shot_cmd(
     blocks = [zero_shot_table(results, f"zero-shot · {flag} · {split} · {size}px · {first['model']} "
                                        f"({first['weights_id']})"),
               Line(f"{encoded}; prompts: {escape(first['prompts'])}", soft_wrap=True)]
+    if calibrate:
+        blocks.insert(1, calibration_table([(r["style"], r, r["calibrated"]) for r in results]))
     for r in results:
         tag = escape("[" + r["style"] + "]")
         if r.get("run_dir"):
