@@ -177,3 +177,19 @@ def test_linear_probe_and_zero_shot_rebuild_their_recorded_logits(tmp_path):
     knn = finetune("breastmnist", "fake", mode="knn", encoder=FakeEncoder(), **kw).run_dir
     with pytest.raises(VlmError, match="kNN run"):
         robustness(knn, data_root=tmp_path)
+
+
+def test_full_finetune_run_is_rebuilt_from_spec_and_best_weights(tmp_path):
+    import warnings
+
+    from vlm.finetune import finetune, finetune_config
+    from vlm.robustness import run_scorer
+
+    write_synthetic(tmp_path, "breastmnist", separable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = finetune("breastmnist", "test_efficientnet", mode="full", data_root=tmp_path, runs_dir=tmp_path / "r",
+                       config=finetune_config(epochs=1, batch_size=16, image_size=32, n_bootstrap=0,
+                                              device="cpu")).record
+        logits = run_scorer(run, device="cpu").logits(load_split("breastmnist", "test", 28, tmp_path))
+    assert torch.allclose(logits, torch.from_numpy(np.load(Path(run.path) / "logits.npy")), atol=1e-5)

@@ -57,7 +57,8 @@ def _why_no_logits(record: RunRecord) -> str:
     if record.method == "scores":
         return "it was recorded by `vlm evaluate` from a scores file"
     if record.method == "zero-shot":
-        return "zero-shot runs score the val split only with --calibrate; re-run `vlm zero-shot ... --calibrate temperature`"
+        return ("zero-shot runs score the val split only with --calibrate: re-run "
+                "`vlm zero-shot ... --calibrate temperature`")
     return "it was recorded before runs kept their logits; re-run it with --calibrate temperature"
 
 

@@ -146,8 +146,8 @@ def finetune_cmd(
                                    download=place.download, runs_dir=place.runs_dir, log=place.log or (),
                                    progress=bar, embed_progress=bar.embed, **extra))
     rec = result.record
-    return calibrate_after(training_output(result, f"{rec.dataset} · test · {rec.size}px · {rec.model} ({rec.method})"),
-                           result.run_dir, calibrate, place.data_root)
+    title = f"{rec.dataset} · test · {rec.size}px · {rec.model} ({rec.method})"
+    return calibrate_after(training_output(result, title), result.run_dir, calibrate, place.data_root)
 
 
 def _int_or_error(name: str, value: str) -> int:

@@ -6,7 +6,8 @@
                  balanced error (RBE), written to the run folder as robustness.json
 
 Example:
-    >>> robustness("runs/2025..._breastmnist_train_medmnist-resnet18", data_root="../shared/data/medmnist")  # doctest: +SKIP
+    >>> robustness("runs/2025..._breastmnist_train_medmnist-resnet18",
+    ...            data_root="../shared/data/medmnist")                      # doctest: +SKIP
 """
 
 from vlm.robustness.corrupt import SEVERITIES, corrupt_images, corrupted_split, corruptions, medmnistc_version

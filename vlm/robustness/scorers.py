@@ -107,7 +107,8 @@ def _probe(record: RunRecord, encoder: Any, device: torch.device, batch_size: in
     return lambda split: probe_logits(embed(split), probe)
 
 
-def _zero_shot(record: RunRecord, encoder: Any, device: torch.device, batch_size: int) -> Callable[[Split], torch.Tensor]:
+def _zero_shot(record: RunRecord, encoder: Any, device: torch.device,
+               batch_size: int) -> Callable[[Split], torch.Tensor]:
     from vlm.prompts import load_prompt_set
     from vlm.zeroshot import text_classifier, zero_shot_logits
 

@@ -37,7 +37,9 @@ from vlm.training.checkpoint import (
 from vlm.training.config import TrainConfig, check_batch_size
 from vlm.training.loggers import Loggers, check_log
 from vlm.training.optim import build_optimizer, build_scheduler
-from vlm.training.pipeline import InputPipeline, autocast, batch_starts, predict, predict_logits, scores_from_logits, uses_bf16
+from vlm.training.pipeline import (
+    InputPipeline, autocast, batch_starts, predict, predict_logits, scores_from_logits, uses_bf16,
+)
 
 
 @dataclass
