@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import typer
 
-from vlm.commands import calibrate, compare, data, experiments, plot, prompts, robustness, training, zeroshot
+from vlm.commands import calibrate, compare, data, experiments, fewshot, plot, prompts, robustness, training
+from vlm.commands import zeroshot
 from vlm.commands.common import VlmGroup
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ app.add_typer(plot.plot_app, name="plot")
 app.command("train")(training.train_cmd)
 app.command("finetune")(training.finetune_cmd)
 app.command("models")(training.models_cmd)
+app.command("fewshot", cls=fewshot.FewShotCommand)(fewshot.fewshot_cmd)
 app.command("run")(experiments.run_cmd)
 
 if __name__ == "__main__":

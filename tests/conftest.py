@@ -1,7 +1,9 @@
-"""Shared fixtures: synthetic MedMNIST-format files and the optional real files in ../shared."""
+"""Shared fixtures: synthetic MedMNIST-format files, the optional real files in ../shared, encoder weights
+built offline, and the scored runs the figure tests plot."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +74,67 @@ def data_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"
+
+
+# ----------------------------------------------------------------------------- encoders (zero-shot and CLI tests)
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub downloads: HF_HUB_OFFLINE=1 (modules that load encoders use it with `pytest.mark.usefixtures`)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def vitb32_weights(tmp_path_factory) -> Path:
+    """A random-initialised ViT-B-32 state dict with logit_scale = log(100) (as in the released CLIPs)."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100.0))
+    path = tmp_path_factory.mktemp("vitb32") / "vitb32.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_oc_weights(tmp_path_factory) -> tuple[str, Path]:
+    import open_clip
+
+    from fixtures.tiny_models import tiny_open_clip_config
+
+    name = tiny_open_clip_config(tmp_path_factory.mktemp("zs_configs"), "medvlm-zs-tiny")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("zs_weights") / "tiny.pt"
+    torch.save(open_clip.create_model(name, pretrained=None).state_dict(), path)
+    return name, path
+
+
+# ----------------------------------------------------------------------------- figures
+@pytest.fixture(scope="session")
+def bench(tmp_path_factory):
+    """Synthetic data files and scored runs: binary (2 seeds), multi-class, multi-label, zero-shot styles."""
+    from vlm.data import load_split
+    from vlm.scoring import record_run, score_split
+
+    base = tmp_path_factory.mktemp("plots")
+    root, runs = base / "data", base / "runs"
+    root.mkdir()
+    for flag in SYNTHETIC:
+        write_synthetic(root, flag)
+    out = {"root": root, "runs": runs, "base": base}
+
+    def run(flag, seed, **kw):
+        data = load_split(flag, "test", 28, root)
+        gen = torch.Generator().manual_seed(seed)
+        s = torch.rand(len(data), data.task.num_classes, generator=gen, dtype=torch.float64)
+        if data.task.kind != "multi-label":
+            s = s / s.sum(1, keepdim=True)
+        return record_run(data, s, score_split(data, s, n_bootstrap=30), runs_dir=runs, seed=seed, **kw)
+
+    out["binary"] = [run("breastmnist", s, method="train", model="tiny") for s in (0, 1)]
+    out["multiclass"] = run("pathmnist", 0, method="train", model="tiny")
+    out["multilabel"] = run("chestmnist", 0, method="train", model="tiny")
+    out["zeroshot"] = [run("breastmnist", i, method="zero-shot", model="ViT-B-32", config={"style": style})
+                       for i, style in enumerate(("clip", "plain", "radiology"))]
+    return out

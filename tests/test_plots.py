@@ -1,62 +1,20 @@
-"""Figures: every kind writes a non-empty PNG and SVG; the `vlm plot` commands and their errors."""
+"""Figures: every kind writes a PNG and an SVG that show what they should. SVGs are read back as text
+(legend entries, titles, axis labels, annotations) and artists (lines, bars, scatters, images); PNGs are
+decoded (size, not blank, the plotted colours). The `vlm plot` commands are in test_cli_plot.py."""
 
 from __future__ import annotations
 
-import json
-import sys
-import types
-
 import numpy as np
 import pytest
-import torch
-from typer.testing import CliRunner
+from matplotlib import colormaps
 
-from cli import app
-from conftest import SYNTHETIC, write_synthetic
+from fixtures.figures import hex_colour, read_png, read_svg
 from vlm import plots
 from vlm.data import load_split
 from vlm.errors import VlmError
+from vlm.plots.figure import short
 from vlm.results import load_runs
-from vlm.scoring import record_run, score_split
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def _is_figure(path) -> bool:
-    data = path.read_bytes()
-    if path.suffix == ".png":
-        return data.startswith(b"\x89PNG") and len(data) > 1000
-    return data.lstrip().startswith(b"<?xml") and b"<svg" in data
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    """Synthetic data files and scored runs: binary (2 seeds), multi-class, multi-label, zero-shot styles."""
-    base = tmp_path_factory.mktemp("plots")
-    root, runs = base / "data", base / "runs"
-    root.mkdir()
-    for flag in SYNTHETIC:
-        write_synthetic(root, flag)
-    out = {"root": root, "runs": runs, "base": base}
-
-    def run(flag, seed, **kw):
-        data = load_split(flag, "test", 28, root)
-        gen = torch.Generator().manual_seed(seed)
-        s = torch.rand(len(data), data.task.num_classes, generator=gen, dtype=torch.float64)
-        if data.task.kind != "multi-label":
-            s = s / s.sum(1, keepdim=True)
-        return record_run(data, s, score_split(data, s, n_bootstrap=30), runs_dir=runs, seed=seed, **kw)
-
-    out["binary"] = [run("breastmnist", s, method="train", model="tiny") for s in (0, 1)]
-    out["multiclass"] = run("pathmnist", 0, method="train", model="tiny")
-    out["multilabel"] = run("chestmnist", 0, method="train", model="tiny")
-    out["zeroshot"] = [run("breastmnist", i, method="zero-shot", model="ViT-B-32", config={"style": style})
-                       for i, style in enumerate(("clip", "plain", "radiology"))]
-    return out
+from vlm.tasks import get_task
 
 
 @pytest.mark.parametrize("name, suffix", [("binary", ".png"), ("binary", ".svg"), ("multiclass", ".png"),
@@ -64,7 +22,32 @@ def bench(tmp_path_factory):
 def test_roc_figures(bench, name, suffix):
     records = bench[name] if name == "binary" else [bench[name]]
     path = plots.roc_figure(records, bench["base"] / f"roc_{name}{suffix}", data_root=bench["root"])
-    assert _is_figure(path)
+    k = get_task(records[0].dataset).num_classes
+    n_curves = len(records) if name == "binary" else k  # binary: one per run; one run: one per class + macro
+    if suffix == ".png":
+        png = read_png(path)
+        assert png.size == (840, 960) and not png.is_blank()  # 6.4 x 5.6 in at 150 dpi
+        assert all(png.has(f"C{i}") for i in range(n_curves))  # each curve's tab10 colour
+        return
+    svg = read_svg(path)
+    texts = svg.texts()
+    assert "false positive rate" in texts and "true positive rate" in texts
+    chance, *curves = svg.lines()
+    assert len(chance.xy) == 2 and chance.stroke == "#bfbfbf"
+    if name == "binary":
+        assert "ROC · breastmnist 28px test" in texts
+        assert svg.legend() == ["chance"] + [f"train tiny seed {r.seed} (AUC {r.metrics['auc']:.3f})" for r in records]
+        assert [line.stroke for line in curves] == [hex_colour("C0"), hex_colour("C1")]
+    else:
+        record = records[0]
+        assert "ROC · chestmnist 28px test (macro)" in texts
+        assert svg.legend() == (["chance"] + [f"{c['label']} (AUC {c['auc']:.3f})" for c in record.metrics["per_class"]]
+                                + [f"train tiny macro (AUC {record.metrics['auc']:.3f})"])
+        assert [line.stroke for line in curves] == [hex_colour(colormaps["tab20"](i)) for i in range(k)] + ["#000000"]
+        n_curves += 1  # the macro curve
+    assert len(curves) == n_curves
+    roc = curves if name == "binary" else curves[:-1]  # each run's or class's curve; a macro mean may start above 0
+    assert all(c.xy[0] == chance.xy[0] and c.xy[-1] == chance.xy[-1] for c in roc)  # from (0, 0) to (1, 1)
 
 
 def test_roc_plot_from_arrays_and_macro_curve(tmp_path):
@@ -72,7 +55,13 @@ def test_roc_plot_from_arrays_and_macro_curve(tmp_path):
     fpr, tpr = plots.macro_curve(curves)
     assert fpr.tolist() == [0, 0.5, 1] and tpr.tolist() == [0, 0.75, 1]
     path = plots.plot_roc([{"label": "m", "fpr": fpr, "tpr": tpr, "auc": 0.75}], tmp_path / "r.svg")
-    assert b"AUC 0.750" in path.read_bytes() or _is_figure(path)
+    svg = read_svg(path)
+    assert svg.legend() == ["chance", "m (AUC 0.750)"]
+    assert {"ROC", "false positive rate", "true positive rate"} <= set(svg.texts())
+    chance, curve = svg.lines()
+    assert curve.stroke == hex_colour("C0") and len(curve.xy) == 3
+    (x0, y0), (x1, y1) = chance.xy  # the diagonal from (0, 0) to (1, 1) fixes the axes' scale
+    assert curve.xy[1] == pytest.approx((x0 + 0.5 * (x1 - x0), y0 + 0.75 * (y1 - y0)), abs=0.01)  # (0.5, 0.75)
 
 
 def test_roc_refuses_mixed_test_sets_and_bad_suffix(bench, tmp_path):
@@ -86,7 +75,30 @@ def test_roc_refuses_mixed_test_sets_and_bad_suffix(bench, tmp_path):
                                           ("multilabel", ".png")])
 def test_confusion_figures(bench, name, suffix):
     record = bench[name][0] if name == "binary" else bench[name]
-    assert _is_figure(plots.confusion_figure(record, bench["base"] / f"cm_{name}{suffix}"))
+    path = plots.confusion_figure(record, bench["base"] / f"cm_{name}{suffix}")
+    cm = np.asarray(record.metrics["confusion"], dtype=float)
+    counts = cm.reshape(len(cm), -1)  # (K, K), or (L, 4): TN FP FN TP per label
+    totals = np.repeat(cm.sum(axis=-1).reshape(len(cm), -1), cm.shape[-1], axis=1)  # per true class / value
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = np.nan_to_num(counts / totals)
+    if suffix == ".png":
+        png = read_png(path)
+        sizes = {"binary": (630, 1200), "multilabel": (1395, 2730)}  # 8.0 x 4.2 and 18.2 x 9.3 in
+        assert png.size == sizes[name] and not png.is_blank()
+        blues = colormaps["Blues"]  # every cell's shade: counts up to the largest count, rates up to 1
+        assert all(png.has(blues(v / max(counts.max(), 1)), tol=2) for v in np.unique(counts))
+        assert all(png.has(blues(v), tol=2) for v in np.unique(rates))
+        return
+    svg = read_svg(path)
+    title = f"train tiny · {record.dataset} 28px test (n=20)" + (", threshold 0.5" if name == "binary" else "")
+    assert title in svg.texts()
+    names = [c["label"] for c in record.metrics["per_class"]]
+    k = len(names)
+    ticks = svg.texts("axes_1")[: 2 * k + 2]
+    assert ticks == [short(c, 16) for c in names] + ["predicted"] + [short(c, 20) for c in names] + ["true"]
+    assert svg.annotations(1) == [f"{v:.0f}" for v in counts.flat] + ["counts"]  # axes 2 and 4: the colour bars
+    assert svg.annotations(3) == [f"{v:.2f}" for v in rates.flat] + ["row-normalised"]
+    assert svg.images() == 4  # two matrices, two colour bars
 
 
 def test_confusion_checks_shape(tmp_path):
@@ -97,7 +109,23 @@ def test_confusion_checks_shape(tmp_path):
 @pytest.mark.parametrize("suffix", [".png", ".svg"])
 def test_style_bars(bench, suffix):
     path = plots.styles_figure(load_runs(bench["runs"]), "breastmnist", bench["base"] / f"styles{suffix}")
-    assert _is_figure(path)
+    if suffix == ".png":
+        png = read_png(path)
+        assert png.size == (660, 870) and not png.is_blank()  # 5.8 x 4.4 in
+        assert png.has("C0") and png.has("C1")  # AUC and ACC bars
+        return
+    svg = read_svg(path)
+    title = "Zero-shot prompt styles · ViT-B-32 · breastmnist 28px test"
+    assert title in svg.texts() and "score" in svg.texts()
+    assert svg.texts("matplotlib.axis_1") == ["clip", "plain", "radiology"]
+    assert svg.legend() == ["AUC (95% CI)", "ACC (95% CI)"]
+    values = {m: [r.metrics[m] for r in bench["zeroshot"]] for m in ("auc", "acc")}  # styles clip, plain, radiology
+    assert svg.annotations() == [f"{v:.2f}" for v in values["auc"] + values["acc"]] + [title]
+    bars = svg.bars()
+    for metric, colour in (("auc", "C0"), ("acc", "C1")):
+        heights = np.array([b.height for b in bars if b.fill == hex_colour(colour)])
+        assert len(heights) == 3 and np.allclose(heights / heights.max(), values[metric] / np.max(values[metric]),
+                                                 rtol=1e-3)
 
 
 def test_styles_errors(bench, tmp_path):
@@ -112,7 +140,27 @@ def test_styles_errors(bench, tmp_path):
                                           ("chestmnist", ".svg")])
 def test_montages_2d_3d_multilabel(bench, flag, suffix):
     path = plots.montage_figure(flag, bench["base"] / f"montage_{flag}{suffix}", data_root=bench["root"], per_class=3)
-    assert _is_figure(path)
+    if suffix == ".png":
+        png = read_png(path)
+        sizes = {"pathmnist": (1612, 1050), "vesselmnist3d": (810, 1417)}  # 7.0 x 10.75 and 9.45 x 5.4 in
+        assert png.size == sizes[flag] and not png.is_blank()
+        assert all(png.has(f"C{i}") for i in range(3))  # the count bars of train, val, test
+        return
+    task = get_task(flag)
+    k = task.num_classes
+    svg = read_svg(path)
+    texts = svg.texts()
+    what = "volumes per class (middle axial | coronal | sagittal slices)" if task.is_3d else "images per class"
+    assert f"{flag} 28px train: 3 random {what}" in texts
+    assert all(f"{c}: {short(label, 22)}" in texts for c, label in enumerate(task.labels))
+    assert texts.count("(3 shown)") == k and svg.images() == k  # one strip of 3 samples per class
+    counts = {s: load_split(flag, s, 28, bench["root"]).class_counts() for s in ("train", "val", "test")}
+    assert svg.legend() == [f"{s} ({sum(c)})" for s, c in counts.items()]
+    bars = svg.bars(axes=k + 1)
+    assert [b.fill for b in bars] == [hex_colour(f"C{i}") for i in range(3) for _ in range(k)]
+    expected = np.concatenate(list(counts.values())).astype(float)
+    heights = np.array([b.height for b in bars])
+    assert np.allclose(heights / heights.max(), expected / expected.max(), rtol=1e-3)
 
 
 def test_volume_slices():
@@ -132,70 +180,25 @@ def test_embedding_scatter(tmp_path, method, suffix):
     labels = np.arange(45) % 3
     emb = rng.normal(size=(45, 16)) + labels[:, None] * 3.0
     path = plots.plot_embeddings(emb, labels, ["a", "b", "c"], tmp_path / f"e{suffix}", method=method)
-    assert _is_figure(path)
+    if suffix == ".png":
+        png = read_png(path)
+        assert png.size == (870, 1080) and not png.is_blank()  # 7.2 x 5.8 in
+        assert all(png.has(f"C{c}", alpha=0.8, tol=2) for c in range(3))  # points of each class
+        return
+    svg = read_svg(path)
+    assert svg.legend() == ["a (15)", "b (15)", "c (15)"]
+    assert {"PCA 1", "PCA 2", "PCA of 45 embeddings"} <= set(svg.texts())
+    assert svg.scatters() == [(hex_colour(f"C{c}"), 15) for c in range(3)]
 
 
 def test_embedding_scatter_multilabel_and_errors(tmp_path):
     rng = np.random.default_rng(1)
     labels = (rng.random((30, 4)) < 0.3).astype(int)
-    assert _is_figure(plots.plot_embeddings(rng.normal(size=(30, 8)), labels, list("abcd"), tmp_path / "m.png"))
+    png = read_png(plots.plot_embeddings(rng.normal(size=(30, 8)), labels, list("abcd"), tmp_path / "m.png"))
+    first = labels.argmax(axis=1)[labels.any(axis=1)]  # a point takes the colour of its first positive label
+    assert png.size == (870, 1080) and not png.is_blank()
+    assert all(png.has(f"C{c}", alpha=0.8, tol=2) for c in np.unique(first))
     with pytest.raises(VlmError, match="30 embeddings but 29 labels"):
         plots.plot_embeddings(rng.normal(size=(30, 8)), labels[:29], list("abcd"), tmp_path / "m.png")
     with pytest.raises(VlmError, match="pca or tsne"):
         plots.project_2d(rng.normal(size=(30, 8)), "umap")
-
-
-# ----------------------------------------------------------------------------- CLI
-def test_cli_plot_roc_confusion_styles_montage(bench, tmp_path):
-    runs, root = bench["runs"], bench["root"]
-    out = tmp_path / "roc.svg"
-    result = invoke("plot", "roc", "breastmnist", "--runs-dir", runs, "--data-root", root, "--out", out, "--json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"file": str(out)} and _is_figure(out)
-    run_id = bench["multiclass"].run_id
-    result = invoke("plot", "roc", "pathmnist", "--runs-dir", runs, "--run", run_id, "--data-root", root,
-                    "--out", tmp_path / "roc.png")
-    assert result.exit_code == 0 and "roc.png" in result.stdout
-    result = invoke("plot", "confusion", bench["binary"][0].run_id, "--runs-dir", runs, "--out", tmp_path / "cm.png",
-                    "--json")
-    assert result.exit_code == 0 and _is_figure(tmp_path / "cm.png")
-    result = invoke("plot", "styles", "breastmnist", "--runs-dir", runs, "--model", "ViT-B-32",
-                    "--out", tmp_path / "st.png", "--json")
-    assert result.exit_code == 0 and _is_figure(tmp_path / "st.png")
-    result = invoke("plot", "montage", "breastmnist", "--data-root", root, "--per-class", 2,
-                    "--out", tmp_path / "mo.svg", "--json")
-    assert result.exit_code == 0 and _is_figure(tmp_path / "mo.svg")
-
-
-def test_cli_plot_errors(bench, tmp_path):
-    runs, root = bench["runs"], bench["root"]
-    result = invoke("plot", "roc", "breastmnist", "--runs-dir", runs, "--run", bench["multiclass"].run_id,
-                    "--data-root", root, "--out", tmp_path / "r.png")
-    assert result.exit_code == 2 and "run of pathmnist, not breastmnist" in result.output
-    result = invoke("plot", "roc", "retinamnist", "--runs-dir", runs, "--data-root", root, "--out", tmp_path / "r.png")
-    assert result.exit_code == 2 and "No finished runs of retinamnist" in result.output
-    result = invoke("plot", "confusion", "no-such-run", "--runs-dir", runs, "--out", tmp_path / "c.png")
-    assert result.exit_code == 2 and "No run 'no-such-run'" in result.output
-    result = invoke("plot", "montage", "breastmnist", "--data-root", root, "--out", tmp_path / "m.gif")
-    assert result.exit_code == 2 and ".png or .svg" in result.output
-
-
-def test_cli_plot_embeddings_uses_encoder_and_embeddings(bench, tmp_path, monkeypatch):
-    calls = {}
-
-    def load_encoder(name, weights=None, device="cpu"):
-        calls["encoder"] = (name, weights, device)
-        return "ENC"
-
-    def image_embeddings(encoder, split, **kwargs):  # returns (embeddings, images encoded), as vlm.embeddings
-        calls["split"] = (encoder, split.task.flag, len(split))
-        return torch.randn(len(split), 12, generator=torch.Generator().manual_seed(0)), len(split)
-
-    monkeypatch.setitem(sys.modules, "vlm.encoders", types.SimpleNamespace(load_encoder=load_encoder))
-    monkeypatch.setitem(sys.modules, "vlm.embeddings", types.SimpleNamespace(image_embeddings=image_embeddings))
-    out = tmp_path / "emb.png"
-    result = invoke("plot", "embeddings", "pathmnist", "--model", "tiny-clip", "--weights", "w.pt", "--data-root",
-                    bench["root"], "--limit", 15, "--device", "cpu", "--out", out, "--json")
-    assert result.exit_code == 0, result.output
-    assert calls == {"encoder": ("tiny-clip", "w.pt", "cpu"), "split": ("ENC", "pathmnist", 15)}
-    assert json.loads(result.stdout)["file"] == str(out) and _is_figure(out)

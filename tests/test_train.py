@@ -1,4 +1,7 @@
-"""The training loop: losses, samplers, augmentation, checkpoints, resume, errors, CLI and a real run."""
+"""The training loop: LR schedules, checkpoints, resume, precision, errors and a real run.
+
+Losses, samplers, augmentation and the `vlm train` command have their own files (test_losses.py,
+test_sampling.py, test_augment.py, test_cli_training.py)."""
 
 from __future__ import annotations
 
@@ -9,18 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import SHARED_DATA, needs_shared_data
-from vlm.augment import Augment2D, Augment3D
 from vlm.data import load_split
 from vlm.errors import VlmError
 from vlm.evaluate import evaluate
-from vlm.losses import balanced_class_weights, focal_bce, focal_loss, make_loss
 from vlm.methods import resume
-from vlm.preprocess import medmnist_preprocess, to_float
-from vlm.sampling import EpochSampler
+from vlm.preprocess import medmnist_preprocess
 from vlm.tasks import get_task
 from vlm.training import (
     BEST_FILE, EPOCHS_FILE, LAST_FILE, InputPipeline, TrainConfig, TrainingInterrupted, batch_starts, fit, lr_factor,
@@ -31,107 +30,7 @@ from vlm.training import (
 TINY = dict(batch_size=16, eval_batch_size=64, n_bootstrap=50, device="cpu")
 
 
-# ----------------------------------------------------------------------------- losses
-def test_focal_equals_ce_at_gamma_0():
-    torch.manual_seed(0)
-    logits, y = torch.randn(8, 4), torch.randint(0, 4, (8,))
-    assert torch.allclose(focal_loss(logits, y, gamma=0.0), F.cross_entropy(logits, y), atol=1e-6)
-    w = balanced_class_weights([5, 1, 2, 0])
-    assert torch.allclose(focal_loss(logits, y, gamma=0.0, weight=w), F.cross_entropy(logits, y, weight=w), atol=1e-6)
-    y2 = torch.randint(0, 2, (8, 4))
-    assert torch.allclose(focal_bce(logits, y2, gamma=0.0), F.binary_cross_entropy_with_logits(logits, y2.float()))
-
-
-def test_focal_matches_hand_computation_at_gamma_2():
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    y = torch.tensor([0, 0])
-    p = [math.exp(2) / (math.exp(2) + 1), 1 / (1 + math.e)]  # probability of the true class
-    expected = sum(-((1 - pt) ** 2) * math.log(pt) for pt in p) / 2
-    assert focal_loss(logits, y, gamma=2.0).item() == pytest.approx(expected, rel=1e-5)
-    # focal BCE of one logit 1.0 with label 1: -(1 - s)^2 log s
-    s = 1 / (1 + math.exp(-1.0))
-    assert focal_bce(torch.tensor([[1.0]]), torch.tensor([[1]]), 2.0).item() == pytest.approx(-(1 - s) ** 2 * math.log(s), rel=1e-5)
-
-
-def test_loss_must_fit_the_task():
-    chest, breast = get_task("chestmnist"), get_task("breastmnist")
-    for name in ("ce", "weighted"):
-        with pytest.raises(VlmError, match="--loss bce"):
-            TrainConfig(loss=name).resolved(chest)
-    with pytest.raises(VlmError, match="multi-label"):
-        TrainConfig(loss="bce").resolved(breast)
-    assert TrainConfig().resolved(chest).loss == "bce" and TrainConfig().resolved(breast).loss == "ce"
-    fn = make_loss("focal", chest, gamma=2.0)  # focal BCE on multi-label
-    assert fn(torch.zeros(3, 14), torch.ones(3, 14, dtype=torch.long)).item() > 0
-
-
-# ----------------------------------------------------------------------------- samplers
-def _imbalanced(n_per_class=(90, 9, 1)):
-    return torch.cat([torch.full((n, 1), c) for c, n in enumerate(n_per_class)])
-
-
-def test_balanced_sampler_is_about_uniform():
-    labels = _imbalanced()
-    sampler = EpochSampler("balanced", get_task("breastmnist"), labels.clamp(max=1), seed=0)  # 99 vs 1
-    counts = torch.zeros(2)
-    for _ in range(50):
-        counts += torch.bincount(labels.clamp(max=1)[sampler.epoch_indices(), 0], minlength=2)
-    share = counts / counts.sum()
-    assert torch.allclose(share, torch.full((2,), 0.5), atol=0.03)
-    # three classes, 90/9/1: each about a third
-    task3 = get_task("retinamnist")  # 5 classes; classes 3, 4 absent here
-    s3 = EpochSampler("balanced", task3, labels, seed=1)
-    c3 = torch.zeros(5)
-    for _ in range(50):
-        c3 += torch.bincount(labels[s3.epoch_indices(), 0], minlength=5)
-    assert torch.allclose(c3[:3] / c3.sum(), torch.full((3,), 1 / 3), atol=0.03) and c3[3:].sum() == 0
-    # same seed -> same draws
-    a, b = EpochSampler("balanced", task3, labels, seed=5), EpochSampler("balanced", task3, labels, seed=5)
-    assert torch.equal(a.epoch_indices(), b.epoch_indices())
-
-
-def test_oversample_equalises_counts():
-    labels = _imbalanced()
-    sampler = EpochSampler("oversample", get_task("retinamnist"), labels, seed=0)
-    idx = sampler.epoch_indices()
-    assert len(idx) == len(sampler) == 270
-    assert torch.bincount(labels[idx, 0]).tolist() == [90, 90, 90]
-    assert torch.equal(torch.sort(idx[labels[idx, 0] == 0]).values, torch.arange(90))  # majority: each once
-
-
-def test_sampler_rejects_multi_label():
-    with pytest.raises(VlmError, match="multi-label"):
-        EpochSampler("balanced", get_task("chestmnist"), torch.zeros(4, 14, dtype=torch.long))
-
-
-# ----------------------------------------------------------------------------- inputs
-def test_shape_transform_half_at_eval_and_uniform_in_training():
-    x = torch.randint(0, 256, (4, 1, 6, 6, 6), dtype=torch.uint8)
-    config = TrainConfig(shape_transform=True).resolved(get_task("vesselmnist3d"))
-    pipe = InputPipeline(medmnist_preprocess(), is_3d=True, config=config)
-    pre = medmnist_preprocess()
-    assert torch.allclose(pipe(x, train=False), pre(to_float(x) * 0.5))
-    trained = (pipe(x, train=True) * 0.5 + 0.5)[:, 0]  # undo normalisation -> x * u
-    ratio = trained / to_float(x)[:, 0].clamp_min(1e-6)
-    u = ratio.flatten(1)[:, 0]
-    assert ((u >= 0) & (u <= 1)).all()
-    mask = to_float(x)[:, 0] > 0.05
-    assert torch.allclose(ratio[mask], u[:, None, None, None].expand_as(ratio)[mask], atol=1e-4)
-    assert TrainConfig().resolved(get_task("vesselmnist3d")).shape_transform
-    assert TrainConfig().resolved(get_task("adrenalmnist3d")).shape_transform
-    assert not TrainConfig().resolved(get_task("organmnist3d")).shape_transform
-
-
-def test_augmentations_keep_shape_and_are_seeded():
-    x = torch.rand(5, 3, 28, 28)
-    a, b = Augment2D(seed=3)(x), Augment2D(seed=3)(x)
-    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
-    v = torch.rand(4, 1, 8, 8, 8)
-    out = Augment3D(("flip", "rot90"), seed=0)(v)
-    assert out.shape == v.shape
-    assert torch.allclose(torch.sort(out.flatten(1)).values, torch.sort(v.flatten(1)).values)  # a permutation
-
-
+# ----------------------------------------------------------------------------- schedules
 def test_multistep_matches_medmnist_milestones():
     c = TrainConfig(epochs=100).resolved(get_task("breastmnist"))
     assert [lr_factor(c, e * 10, 10) for e in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
@@ -311,27 +210,6 @@ def test_3d_model_trains_on_vesselmnist3d(data_root, runs_dir):
     assert result.finished and result.epochs_run == 1
     assert result.record.config["shape_transform"] is True
     assert result.record.preprocessing["shape_transform"].startswith("x*U(0,1)")
-
-
-# ----------------------------------------------------------------------------- CLI
-def test_cli_train_json(data_root, runs_dir):
-    from typer.testing import CliRunner
-
-    from cli import app
-
-    res = CliRunner().invoke(app, ["train", "breastmnist", "--model", "small-cnn", "--epochs", "1", "--batch-size",
-                                   "16", "--bootstrap", "20", "--device", "cpu", "--data-root", str(data_root),
-                                   "--runs-dir", str(runs_dir), "--json"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout)
-    for key in ("auc", "acc", "auc_ci", "acc_ci", "best_epoch", "epochs_run", "seconds", "run_dir"):
-        assert key in out
-    assert out["epochs_run"] == 1 and Path(out["run_dir"]).is_dir()
-    bad = CliRunner().invoke(app, ["train", "chestmnist", "--model", "small-cnn", "--loss", "ce", "--batch-size", "8",
-                                   "--data-root", str(data_root), "--runs-dir", str(runs_dir)])
-    assert bad.exit_code == 2 and "--loss bce" in bad.output
-    listed = CliRunner().invoke(app, ["models", "--json"])
-    assert listed.exit_code == 0 and any(m["name"] == "slices:" for m in json.loads(listed.stdout)["models"])
 
 
 # ----------------------------------------------------------------------------- real data

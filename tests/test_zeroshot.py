@@ -1,23 +1,22 @@
-"""Zero-shot classification: equality with open_clip / transformers, a tiny trained CLIP, the embedding
-cache, 3D pooling, multi-label pairs, prompt ranking and the `vlm zero-shot` / `vlm prompts compare` CLI.
+"""Zero-shot classification: equality with open_clip / transformers, a tiny trained CLIP, multi-label pairs,
+prompt ranking and 3D zero-shot end to end.
 
-Offline: random-initialised models saved to tmp folders, synthetic MedMNIST-format data.
+Offline: random-initialised models saved to tmp folders, synthetic MedMNIST-format data. The embedding cache
+and 3D pooling are in test_embeddings.py, the `vlm zero-shot` / `vlm prompts compare` commands in
+test_cli_zeroshot.py.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
 
 from vlm.data import Split
-from vlm.embeddings import cache_key, cache_path, image_embeddings
+from vlm.embeddings import image_embeddings
 from vlm.encoders import load_encoder
 from vlm.errors import VlmError
 from vlm.prompts import load_prompt_set
@@ -33,54 +32,20 @@ from vlm.zeroshot import (
 )
 
 from conftest import write_synthetic
+from fixtures.inputs import random_split, write_prompts
 from fixtures.tiny_models import (
     FakeEncoder,
     TinyClip,
     TinyClipEncoder,
-    tiny_open_clip_config,
     train_tiny_clip,
     write_quadrant_dataset,
     write_tiny_hf_clip,
 )
 
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def write_prompts(path: Path, dataset: str, classes: list[str], styles: dict) -> Path:
-    path.write_text(json.dumps({"dataset": dataset, "classes": classes, "styles": styles}))  # JSON is YAML
-    return path
-
-
-def random_split(flag: str, n: int, seed: int = 0, shape: tuple[int, ...] | None = None) -> Split:
-    task = get_task(flag)
-    g = torch.Generator().manual_seed(seed)
-    shape = shape or ((task.n_channels,) + ((28,) * 3 if task.is_3d else (28, 28)))
-    images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
-    if task.kind == "multi-label":
-        labels = torch.randint(0, 2, (n, task.num_classes), generator=g)
-    else:
-        labels = (torch.arange(n) % task.num_classes)[:, None]
-    return Split(images, labels.long(), task, "test", 28)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 # ----------------------------------------------------------------------------- (a) equality with open_clip
-@pytest.fixture(scope="session")
-def vitb32_weights(tmp_path_factory) -> Path:
-    """A random-initialised ViT-B-32 state dict with logit_scale = log(100) (as in the released CLIPs)."""
-    import open_clip
-
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32", pretrained=None)
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(100.0))
-    path = tmp_path_factory.mktemp("vitb32") / "vitb32.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 def pil_images(split: Split) -> list:
     """The split's grey uint8 images as PIL images, what the libraries' own pipelines take."""
     from PIL import Image
@@ -178,7 +143,7 @@ def test_tiny_trained_clip_reads_class_names(tiny_clip, tmp_path):
     })
     kwargs = dict(prompts=prompts, data_root=tmp_path, runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache",
                   n_bootstrap=100)
-    res = {r["style"]: r for r in run_zero_shot("octmnist", "tiny", encoder=tiny_clip, **kwargs)}
+    res = {r["style"]: r for r in run_zero_shot("octmnist", "tiny", encoder=tiny_clip, styles="all", **kwargs)}
     assert res["right"]["n"] == 40 and res["right"]["images_encoded"] == 40
     assert res["right"]["acc"] >= 0.9 and res["right"]["auc"] >= 0.95
     assert res["shuffled"]["acc"] <= 0.25 and res["shuffled"]["auc"] < 0.5  # systematically wrong
@@ -194,83 +159,6 @@ def test_tiny_trained_clip_reads_class_names(tiny_clip, tmp_path):
     assert record.metrics["acc"] == res["right"]["acc"]
     saved = np.load(Path(res["right"]["run_dir"]) / "scores.npy")
     assert saved.shape == (40, 4) and np.allclose(saved.sum(axis=1), 1.0, atol=1e-5)
-
-
-# ----------------------------------------------------------------------------- (c) cache and 3D
-def test_cache_hit_encodes_no_image(tmp_path):
-    split = random_split("pathmnist", 10)
-    enc = FakeEncoder(size=32)
-    first, n1 = image_embeddings(enc, split, batch_size=4, cache_dir=tmp_path)
-    assert n1 == 10 and enc.calls == 3 and first.shape == (10, 8) and first.dtype == torch.float32
-    assert torch.allclose(first.norm(dim=1), torch.ones(10))
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".safetensors")
-    sidecar = json.loads((tmp_path / files[0]).read_text())
-    assert sidecar["encoder"] == "fake:encoder" and sidecar["split"] == "test" and sidecar["shape"] == [10, 8]
-
-    def boom(x):
-        raise AssertionError("encode_images called on a cache hit")
-
-    enc.encode_images = boom
-    ticks = []
-    second, n2 = image_embeddings(enc, split, batch_size=4, cache_dir=tmp_path, progress=ticks.append)
-    assert n2 == 0 and ticks == [] and torch.equal(first, second)
-
-
-def test_cache_key_separates_what_matters(tmp_path):
-    split = random_split("pathmnist", 6)
-    base = cache_path(cache_key(FakeEncoder(), split), tmp_path)
-    assert cache_path(cache_key(FakeEncoder(size=32), split), tmp_path) != base  # preprocessing
-    assert cache_path(cache_key(FakeEncoder(weights_id="other"), split), tmp_path) != base  # weights
-    other = random_split("pathmnist", 6, seed=1)  # same dataset/split/size, other pixels
-    assert cache_path(cache_key(FakeEncoder(), other), tmp_path) != base
-    vol = random_split("vesselmnist3d", 2)
-    assert cache_key(FakeEncoder(), vol, 0, "mean")["volume_policy"] == "slices=D;pool=mean"
-    assert cache_path(cache_key(FakeEncoder(), vol, 1, "mean"), tmp_path) != cache_path(
-        cache_key(FakeEncoder(), vol, 0, "mean"), tmp_path)
-
-
-def test_corrupt_cache_entry_is_recomputed_and_random_init_is_not_cached(tmp_path):
-    split = random_split("breastmnist", 5)
-    enc = FakeEncoder()
-    emb, _ = image_embeddings(enc, split, cache_dir=tmp_path)
-    entry = next(tmp_path.glob("*.safetensors"))
-    entry.write_bytes(b"garbage")
-    again, n = image_embeddings(enc, split, cache_dir=tmp_path)
-    assert n == 5 and torch.allclose(emb, again)
-    fresh = tmp_path / "random"
-    _, n = image_embeddings(FakeEncoder(weights_id="random-init"), split, cache_dir=fresh)
-    _, n2 = image_embeddings(FakeEncoder(weights_id="random-init"), split, cache_dir=fresh)
-    assert n == n2 == 5 and not fresh.exists()
-
-
-@pytest.mark.parametrize("axis", [0, 1, 2])
-@pytest.mark.parametrize("pool", ["mean", "max"])
-def test_3d_volumes_are_encoded_slice_by_slice_and_pooled(axis, pool):
-    shape = (1, 6, 8, 10)  # (C, D, H, W): a different slice count per axis
-    split = random_split("vesselmnist3d", 3, shape=shape)
-    enc = FakeEncoder()
-    emb, n = image_embeddings(enc, split, batch_size=16, slice_axis=axis, pool=pool, use_cache=False)
-    n_slices = shape[1 + axis]
-    assert n == 3 and emb.shape == (3, 8) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-6)
-    assert sum(s[0] for s in enc.shapes) == 3 * n_slices  # every slice of every volume, once
-    assert all(s[1] == 3 for s in enc.shapes)  # grey slices replicated to RGB
-    vol = split.images[1]  # by hand: slices of volume 1 along the axis
-    slices = vol.movedim(1 + axis, 0)  # (S, C, h, w)
-    f = F.normalize(FakeEncoder().encode_images(enc.preprocess(slices)), dim=-1)
-    pooled = F.normalize(f.mean(0) if pool == "mean" else f.amax(0), dim=-1)
-    assert torch.allclose(emb[1], pooled, atol=1e-6)
-
-
-@pytest.mark.parametrize("axis", [3, -1])
-def test_slice_axis_out_of_range(axis):
-    with pytest.raises(VlmError, match=f"Slice axis {axis} is out of range"):
-        image_embeddings(FakeEncoder(), random_split("vesselmnist3d", 1), slice_axis=axis)
-
-
-def test_unknown_pool():
-    with pytest.raises(VlmError, match="Unknown pooling 'median'"):
-        image_embeddings(FakeEncoder(), random_split("vesselmnist3d", 1), pool="median")
 
 
 # ----------------------------------------------------------------------------- scores, multi-label, checks
@@ -297,8 +185,9 @@ def test_multi_label_run_uses_prompt_pairs(tmp_path):
     expected_pos = F.normalize(F.normalize(enc.encode_texts(pos), dim=-1).mean(0), dim=-1)
     expected_neg = F.normalize(F.normalize(enc.encode_texts(neg), dim=-1).mean(0), dim=-1)
     assert torch.allclose(w[:, 0, 1], expected_pos) and torch.allclose(w[:, 0, 0], expected_neg)
-    results = run_zero_shot("chestmnist", "fake", encoder=enc, data_root=tmp_path, runs_dir=tmp_path / "runs",
-                            cache_dir=tmp_path / "cache", n_bootstrap=0, save_scores=tmp_path / "s.npy")
+    results = run_zero_shot("chestmnist", "fake", encoder=enc, styles="all", data_root=tmp_path,
+                            runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache", n_bootstrap=0,
+                            save_scores=tmp_path / "s.npy")
     assert [r["style"] for r in results] == ps.style_names
     for r in results:
         assert r["n"] == 20 and len(r["per_class"]) == 14 and r["auc_ci"] is None
@@ -350,90 +239,7 @@ def test_compare_prompts_ranks_styles_on_cached_embeddings(tiny_clip, tmp_path):
     assert aucs == sorted(aucs, reverse=True)
 
 
-# ----------------------------------------------------------------------------- CLI
-def test_cli_zero_shot_vitb32_json(vitb32_weights, data_root, tmp_path):
-    from cli import app
-
-    args = ["zero-shot", "breastmnist", "--model", "ViT-B-32", "--weights", str(vitb32_weights), "--style", "clip",
-            "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
-            "--bootstrap", "50", "--device", "cpu", "--json"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert {k: data[k] for k in ("dataset", "model", "split", "size", "images_encoded")} == {
-        "dataset": "breastmnist", "model": "ViT-B-32", "split": "test", "size": 28, "images_encoded": 20}
-    assert data["encoder"] == "open_clip:ViT-B-32" and data["weights_id"].startswith("sha256:")
-    (r,) = data["results"]
-    assert r["style"] == "clip" and r["n"] == 20 and 0.0 <= r["auc"] <= 1.0 and len(r["auc_ci"]) == 2
-    assert len(r["per_class"]) == 2 and r["balanced_acc"] is not None
-    record = load_run(r["run_dir"])
-    assert record.model == "open_clip:ViT-B-32" and record.config["style"] == "clip"
-    assert record.preprocessing["size"] == 224 and record.preprocessing["interpolation"] == "bicubic"
-
-
-@pytest.fixture(scope="module")
-def tiny_oc_weights(tmp_path_factory) -> tuple[str, Path]:
-    import open_clip
-
-    name = tiny_open_clip_config(tmp_path_factory.mktemp("zs_configs"), "medvlm-zs-tiny")
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("zs_weights") / "tiny.pt"
-    torch.save(open_clip.create_model(name, pretrained=None).state_dict(), path)
-    return name, path
-
-
-def test_cli_table_save_scores_and_cache(tiny_oc_weights, data_root, tmp_path):
-    from cli import app
-
-    name, weights = tiny_oc_weights
-    base = ["zero-shot", "breastmnist", "--model", name, "--weights", str(weights), "--data-root", str(data_root),
-            "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "20",
-            "--device", "cpu"]
-    result = CliRunner().invoke(app, base + ["--save-scores", str(tmp_path / "scores.npy")], env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
-    assert "AUC [95% CI]" in result.stdout and "per-class ACC" in result.stdout and "descriptive" in result.stdout
-    assert "encoded 20 images" in result.stdout
-    for style in ("clip", "descriptive"):
-        assert np.load(tmp_path / f"scores_{style}.npy").shape == (20, 2)
-    again = CliRunner().invoke(app, base + ["--json", "--style", "descriptive"])
-    assert again.exit_code == 0, again.output
-    assert json.loads(again.stdout)["images_encoded"] == 0  # embeddings from the cache
-    assert len(list((tmp_path / "runs").iterdir())) == 3
-
-
-def test_cli_errors_are_one_line(data_root, tmp_path):
-    from cli import app
-
-    result = CliRunner().invoke(app, ["zero-shot", "breastmnist", "--model", "biomedclp", "--data-root",
-                                      str(data_root), "--runs-dir", str(tmp_path / "runs")])
-    assert result.exit_code == 2 and "Unknown model 'biomedclp'" in result.output and "Traceback" not in result.output
-    result = CliRunner().invoke(app, ["zero-shot", "vesselmnist3d", "--model", "fake", "--slice-axis", "5",
-                                      "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs")])
-    assert result.exit_code == 2 and "Slice axis 5 is out of range" in result.output
-
-
-def test_cli_prompts_compare(tiny_oc_weights, data_root, tmp_path):
-    from cli import app
-
-    name, weights = tiny_oc_weights
-    other = write_prompts(tmp_path / "mine.yaml", "breastmnist", ["malignant", "normal, benign"],
-                          {"plain": {"templates": ["{label}"]}})
-    shipped = str(load_prompt_set("breastmnist").path)
-    result = CliRunner().invoke(app, ["prompts", "compare", "breastmnist", "--model", name, "--weights", str(weights),
-                                      "--prompts", shipped, str(other), "--data-root", str(data_root),
-                                      "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "0", "--json"])
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert data["split"] == "val" and [r["rank"] for r in data["ranking"]] == [1, 2, 3]
-    assert {(Path(r["prompts"]).name, r["style"]) for r in data["ranking"]} == {
-        ("breastmnist.yaml", "clip"), ("breastmnist.yaml", "descriptive"), ("mine.yaml", "plain")}
-    table = CliRunner().invoke(app, ["prompts", "compare", "breastmnist", "--model", name, "--weights", str(weights),
-                                     "--data-root", str(data_root), "--cache-dir", str(tmp_path / "cache")],
-                               env={"COLUMNS": "200"})
-    assert table.exit_code == 0, table.output
-    assert "ranked by AUC" in table.stdout and "descriptive" in table.stdout
-
-
+# ----------------------------------------------------------------------------- 3D end to end
 def test_3d_zero_shot_end_to_end(tiny_oc_weights, tmp_path):
     write_synthetic(tmp_path, "organmnist3d", n=(4, 4, 6))
     name, weights = tiny_oc_weights

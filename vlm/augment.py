@@ -1,8 +1,10 @@
 """Training-time augmentation as tensor ops on the batch's device (no PIL; batched, AugMix aside).
 
-Off by default, as in MedMNIST's baselines. Applied to float batches in [0, 1] (after `to_float`,
-before the model's resize and normalisation), with random parameters drawn from the augmenter's own
-CPU `torch.Generator` (state saved in `last.pt`, so resumed runs draw the same augmentations).
+Off by default, as in MedMNIST's baselines; `--augment affine` picks `Augment2D` / `Augment3D`,
+`--augment augmix` picks `ResizedAugMix` (`build_augment`). Applied to float batches in [0, 1]
+(after `to_float`, before the model's resize and normalisation), with random parameters drawn from
+the augmenter's own CPU `torch.Generator` (state saved in `last.pt`, so resumed runs draw the same
+augmentations).
 
 2D (`Augment2D`): one affine warp per image that combines a horizontal flip (p = 0.5), a small
 affine (rotation ±10°, translation ±10 %, scale 0.9-1.1) and a random resized crop (area 80-100 %,
@@ -13,6 +15,8 @@ aspect 3/4-4/3), sampled with `grid_sample` (bilinear, zero fill like torchvisio
 image draws its own op chains as a per-sample dataset transform would. torchvision draws from torch's
 global RNG; the call runs inside `torch.random.fork_rng`, seeded from the augmenter's generator, so
 the batch is reproducible and resumable while the global (dropout) RNG stream is left untouched.
+`ResizedAugMix` applies it as MedViT's notebook does: after resizing to the training size, on 8-bit
+levels (grey images stay one channel: AugMix's ops keep a replicated grey image grey).
 
 3D (`Augment3D`): per-volume flips along each of D, H, W (p = 0.5 each) and/or a rot90 in the H-W
 plane (k uniform in 0..3), chosen with `ops=("flip", "rot90")`.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +43,7 @@ from vlm.errors import VlmError
 
 SHAPE_DATASETS = ("adrenalmnist3d", "vesselmnist3d")
 OPS_3D = ("flip", "rot90")
+AUGMENTS = ("off", "affine", "augmix")  # `--augment` modes (`build_augment`)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -107,6 +113,9 @@ class Augment2D:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
 
+    def describe(self) -> dict:
+        return {"2d": asdict(self.spec)}
+
 
 @dataclass(frozen=True)
 class AugMixSpec:
@@ -144,6 +153,31 @@ class AugMix2D:
         self.generator.set_state(state["generator"])
 
 
+class ResizedAugMix:
+    """AugMix as MedViT's notebook applies it: on 8-bit images already resized to the training size.
+
+    A float [0, 1] (B, C, H, W) batch is resized by `resize` (the pipeline's own resize step), rounded
+    to 8-bit levels, AugMix-ed, and returned as float [0, 1] at the new size.
+    """
+
+    def __init__(self, resize: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> None:
+        self.resize = resize
+        self.augmix = AugMix2D(seed=seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        levels = self.resize(x).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        return self.augmix(levels).float().div_(255.0)
+
+    def state_dict(self) -> dict:
+        return self.augmix.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.augmix.load_state_dict(state)
+
+    def describe(self) -> dict:
+        return {"augmix": asdict(self.augmix.spec), "after": "resize to the training size, 8-bit"}
+
+
 class Augment3D:
     """Random per-volume flips along D/H/W and/or rot90 in the H-W plane of a (B, C, D, H, W) batch."""
 
@@ -179,6 +213,9 @@ class Augment3D:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
 
+    def describe(self) -> dict:
+        return {"3d": list(self.ops)}
+
 
 class ShapeTransform:
     """MedMNIST3D's shape-dataset transform: x * U(0, 1) per volume in training, x * 0.5 at evaluation."""
@@ -199,6 +236,24 @@ class ShapeTransform:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+Augmenter = Augment2D | Augment3D | ResizedAugMix
+
+
+def build_augment(mode: str, *, is_3d: bool, ops_3d: str, seed: int,
+                  resize: Callable[[torch.Tensor], torch.Tensor]) -> Augmenter | None:
+    """The augmenter of `--augment MODE`: off -> None; affine -> `Augment2D`, or `Augment3D` with the
+    comma list `ops_3d`; augmix -> `ResizedAugMix` after `resize` (2D only)."""
+    if mode == "off":
+        return None
+    if mode == "augmix":
+        if is_3d:
+            raise VlmError("AugMix is a 2D augmentation: use --augment affine for volumes.")
+        return ResizedAugMix(resize, seed=seed)
+    if mode != "affine":
+        raise VlmError(f"Unknown augmentation '{mode}': choose one of {', '.join(AUGMENTS)}.")
+    return Augment3D(tuple(op for op in ops_3d.split(",") if op), seed=seed) if is_3d else Augment2D(seed=seed)
 
 
 def shape_transform_default(flag: str) -> bool:

@@ -18,8 +18,8 @@ JSON. Its rules:
 - **Published baselines** (`baselines="medmnist"`) are appended as rows marked published, with no CI,
   and only in test-split columns of their own size: the "ResNet-xx (28)" rows and every 28 px method
   (auto-sklearn, AutoKeras, Google AutoML Vision, all 3D methods) go to ``<flag> 28px test``, the
-  "ResNet-xx (224)" rows to ``<flag> 224px test``. Published values that could not be verified when
-  they were entered carry the note "unverified" (see `vlm.baselines`).
+  "ResNet-xx (224)" rows to ``<flag> 224px test``; every published value names its stored source
+  (see `vlm.baselines`).
 
 `pair_compare(run_a, run_b)` runs `vlm.evaluate.paired_bootstrap` on two runs' saved scores and
 refuses runs on different test sets (dataset, size, split or number of samples).
@@ -45,7 +45,7 @@ RUN_SPECIFIC_KEYS = frozenset({
     "scores_file", "checkpoint", "resume", "download", "num_workers", "workers", "verbose", "quiet",
     "log_every", "cache", "cache_dir", "best_epoch", "epochs_run", "stopped_epoch", "elapsed", "timings",
     "experiment_method", "device_used", "precision", "images_encoded", "l2", "l2_grid", "val_auc", "k_grid",
-    "best_val_auc", "stop_reason",
+    "best_val_auc", "stop_reason", "selection",
 })
 _RUN_SPECIFIC_SUFFIXES = ("_dir", "_path", "_file", "_root")
 
@@ -140,9 +140,11 @@ def _run_cell(records: list[RunRecord]) -> Cell:
 
 
 def _mark_best(table: ComparisonTable) -> None:
-    """Mark each column's best value of every metric: the highest, or the lowest for LOWER_IS_BETTER."""
+    """Mark each column's best value of every metric: the highest, or the lowest for LOWER_IS_BETTER; rows of
+    styles chosen on test are never marked."""
+    barred = {r.key for r in table.rows if r.test_selected}
     for col in table.columns:
-        cells = [c for (_, ck), c in table.cells.items() if ck == col.key]
+        cells = [c for (rk, ck), c in table.cells.items() if ck == col.key and rk not in barred]
         for metric in METRICS:
             sign = -1 if metric in LOWER_IS_BETTER else 1
             values = [sign * getattr(c, metric) for c in cells if getattr(c, metric) is not None]
@@ -195,8 +197,11 @@ def comparison_table(
         columns[col_key] = Column(record.dataset, int(record.size), record.split)
 
     labels = method_labels(identities)
-    rows = [Row(key=k, label=labels[k], method=r.method, model=r.model, weights_id=r.weights_id,
-                options=method_options(r)) for k, r in identities.items()]
+    test_selected = {key for (key, _, _), rec in latest.items()
+                     if (rec.config.get("selection") or {}).get("split") == "test"}
+    rows = [Row(key=k, label=labels[k] + (" ‡" if k in test_selected else ""), method=r.method, model=r.model,
+                weights_id=r.weights_id, options=method_options(r), test_selected=k in test_selected)
+            for k, r in identities.items()]
     rows.sort(key=lambda r: (r.method, r.label))
     cells = {slot: _run_cell(recs) for slot, recs in grouped.items()}
 
@@ -208,8 +213,6 @@ def comparison_table(
         if rows_pub:
             notes.append("Published rows (Yang et al., Scientific Data 2023, Tables 3-4) are placed only in test "
                          "columns of their input size; '(224)' ResNets were trained on 28 px images upsampled to 224.")
-        if any(c.note == "unverified" for c in cells_pub.values()):
-            notes.append("Published values marked '?' could not be verified against a copy of the paper.")
 
     cols = sorted(columns.values(), key=_column_order)
     for col in cols:
@@ -235,9 +238,7 @@ def _baseline_rows(name: str, columns: list[Column], flags: list[str] | None) ->
             key = f"published:{name}:{entry['method']}"
             rows.setdefault(key, Row(key=key, label=f"{entry['method']} (published)", method=entry["method"],
                                      model=entry["method"], published=True, source=entry["source"]))
-            check = entry.get("check", "confirmed")
-            note = "unverified" if check == "unverified" else ("ACC unverified" if check == "partial" else None)
-            cells[(key, col.key)] = Cell(auc=entry["auc"], acc=entry["acc"], n_seeds=0, published=True, note=note)
+            cells[(key, col.key)] = Cell(auc=entry["auc"], acc=entry["acc"], n_seeds=0, published=True)
     return list(rows.values()), cells
 
 
@@ -253,8 +254,7 @@ def format_value(cell: Cell, metric: str) -> str:
         return "-"
     text = f"{value:.3f}"
     if cell.published:
-        unverified = cell.note == "unverified" or (cell.note == "ACC unverified" and metric == "acc")
-        return text + "†" + ("?" if unverified else "")
+        return text + "†"
     std = getattr(cell, f"{metric}_std")
     ci = getattr(cell, f"{metric}_ci")
     if cell.n_seeds > 1:
@@ -268,8 +268,10 @@ def legend(table: ComparisonTable, best_mark: str = "in bold") -> str:
     """One line explaining the cell notation."""
     parts = ["single run: value [95% bootstrap CI]", "several seeds: mean ± std (n seeds)",
              f"best per column {best_mark}"]
+    if any(r.test_selected for r in table.rows):
+        parts.append("‡ one of several prompt styles scored on test, not selected on val (never marked best)")
     if any(r.published for r in table.rows):
-        parts.append("† published (no CI); ? unverified published value")
+        parts.append("† published (no CI)")
     return "; ".join(parts) + "."
 
 

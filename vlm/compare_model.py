@@ -57,6 +57,7 @@ class Row:
     options: dict[str, Any] = field(default_factory=dict)
     published: bool = False
     source: str | None = None
+    test_selected: bool = False  # one of several prompt styles all scored on test: never marked best
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Cell:
     run_ids: list[str] = field(default_factory=list)
     n: int | None = None  # test samples (None for published values)
     published: bool = False
-    note: str | None = None  # e.g. "unverified" for a published value
+    note: str | None = None  # e.g. runs whose AUC is undefined
     best_auc: bool = False
     best_acc: bool = False
     ece: float | None = None  # calibration (lower is better; no published values)

@@ -219,6 +219,7 @@ def dataset_info(
         "python_class": task.python_class,
         "modality": task.modality,
         "task": task.kind,
+        "medmnist_task": task.medmnist_task,
         "dims": task.dims,
         "n_channels": task.n_channels,
         "labels": list(task.labels),

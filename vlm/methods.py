@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable
 
 from vlm.embeddings import EmbeddingPolicy
 from vlm.errors import VlmError
+from vlm.fewshot.experiment import FEWSHOT_OPTIONS, run_fewshot_job
 from vlm.finetune import EXTRA_OPTIONS, finetune, finetune_config
 from vlm.training import SPEC_FILE, TrainConfig, TrainProgress, TrainResult, read_spec, train
 from vlm.training.config import option_names
@@ -188,7 +189,8 @@ def _same(a: Any, b: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- the built-in kinds
-_TRAIN_OPTIONS = frozenset(option_names() - {"seed", "device"})  # a job's seed and device come from the matrix
+# A job's seed and device come from the matrix; `recipe` names a recipe, its overrides are recorded, not set.
+_TRAIN_OPTIONS = frozenset(option_names() - {"seed", "device", "recipe_overrides"})
 
 
 def _check_train(model: str, mode: str | None) -> None:
@@ -253,3 +255,4 @@ register_method(MethodKind("finetune", options=_TRAIN_OPTIONS | set(EXTRA_OPTION
 register_method(MethodKind("zero-shot", run=_run_zero_shot,
                            options=frozenset({f.name for f in fields(EmbeddingPolicy)} - {"cache_dir"}
                                              | {"split", "n_bootstrap"})))
+register_method(MethodKind("fewshot", options=FEWSHOT_OPTIONS, run=run_fewshot_job))  # vlm.fewshot.experiment

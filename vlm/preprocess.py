@@ -260,8 +260,7 @@ class Preprocess:
                 raise VlmError(f"A centre crop (resize {self.resize}, crop {self.size}) applies to 2D images only.")
             x = resize(x, self.size, self.interpolation, self.resampler)
         elif self.size is not None:
-            shape = resized_shape(*x.shape[-2:], self.resize or self.size, self.resize_mode)
-            x = resize(x, shape, self.interpolation, self.resampler)  # before grey->RGB: a third of the work
+            x = self.resize_2d(x)  # before grey->RGB: a third of the work
         x = to_float(x)
         if self.rgb:
             x = grey_to_rgb(x)
@@ -271,6 +270,14 @@ class Preprocess:
         if k == 1.0:
             return normalize(x, self.mean, self.std)
         return normalize(x, tuple(m / k for m in self.mean), tuple(s / k for s in self.std))
+
+    def resize_2d(self, images: torch.Tensor) -> torch.Tensor:
+        """The resize step alone (before the centre crop) of a 2D batch: [0, 1] float out; a batch already at
+        that shape passes through unchanged."""
+        if self.size is None:
+            return to_float(images)
+        shape = resized_shape(*images.shape[-2:], self.resize or self.size, self.resize_mode)
+        return resize(images, shape, self.interpolation, self.resampler)
 
     def with_size(self, size: int) -> Preprocess:
         """The same pipeline for another output size; a pre-crop resize scales with it (as timm's crop_pct)."""
@@ -291,6 +298,10 @@ class Preprocess:
         return asdict(self)
 
 
-def medmnist_preprocess(size: int | None = None, rgb: bool = True, interpolation: str = "bilinear") -> Preprocess:
-    """MedMNIST's preprocessing for transfer models: mean = std = 0.5, grey replicated to RGB."""
-    return Preprocess(size=size, interpolation=interpolation, rgb=rgb)
+def medmnist_preprocess(size: int | None = None, rgb: bool = True, interpolation: str = "bilinear",
+                        normalize: bool = True) -> Preprocess:
+    """MedMNIST's preprocessing for transfer models: grey replicated to RGB (`rgb`, their `as_rgb`), then
+    mean = std = 0.5 (2D: ToTensor + Normalize), or [0, 1] left as is (`normalize=False`, MedMNIST3D)."""
+    if normalize:
+        return Preprocess(size=size, interpolation=interpolation, rgb=rgb)
+    return Preprocess(size=size, interpolation=interpolation, rgb=rgb, mean=(0.0,) * 3, std=(1.0,) * 3)

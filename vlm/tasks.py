@@ -66,6 +66,11 @@ class TaskSpec:
         return len(self.labels)
 
     @property
+    def medmnist_task(self) -> str:
+        """medmnist's own task string (`INFO[flag]["task"]`), e.g. 'multi-label, binary-class'."""
+        return self.info["task"]
+
+    @property
     def sizes(self) -> tuple[int, ...]:
         return SIZES_3D if self.is_3d else SIZES_2D
 

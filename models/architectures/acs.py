@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.architectures.medmnist_resnet import medmnist_resnet18, medmnist_resnet50
+from models.architectures.medmnist_resnet import STEMS, medmnist_resnet18, medmnist_resnet50
 from models.architectures.timm2d import create_timm_model
 from models.errors import ModelError
 from models.options import check_choice, reject_unknown
@@ -37,7 +37,6 @@ from models.weights import load_weights, read_state_dict
 Mode = Literal["acs", "2.5d", "3d"]
 Stem = Literal["cifar", "imagenet"]
 MODES = ("acs", "2.5d", "3d")
-STEMS = ("cifar", "imagenet")
 
 
 # --- operators ------------------------------------------------------------------------------------

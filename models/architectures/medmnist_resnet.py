@@ -8,7 +8,11 @@ when the shape changes, adaptive average pooling and a linear head. Module names
 (`conv1`, `bn1`, `layer1..4`, `shortcut`, `linear`), so its checkpoints (`{"net": state_dict}`)
 load with `weights=FILE`.
 
-Plain `resnet18` / `resnet50` keep timm's (ImageNet) meaning: 7x7 stride-2 stem and max-pool.
+`stem="imagenet"` builds what that script trains at 224 px instead (`--resize`): torchvision's
+`resnet18` / `resnet50(num_classes=K)` (7x7 stride-2 stem and max-pool, torchvision's own init; a
+first conv for `in_chans` other than 3 is built the same way). The `medmnist` training recipe picks
+it when the input is 224 px. Plain `resnet18` / `resnet50` keep timm's (ImageNet) meaning: the same
+layout, timm's init (the last BatchNorm of each block starts at zero) and ImageNet weights.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.options import reject_unknown
+from models.options import check_choice, reject_unknown
 from models.registry import register_model
 from models.weights import weights_or_scratch
 
 __all__ = ["BasicBlock", "Bottleneck", "MedMNISTResNet"]
+
+STEMS = ("cifar", "imagenet")  # MedMNIST's 28 px ResNet; torchvision's (2D) or timm's (3D prefixes)
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -105,20 +111,37 @@ class MedMNISTResNet(nn.Module):
         return self.linear(self.forward_features(x))
 
 
+def torchvision_resnet(depth: int, num_classes: int, in_chans: int = 3) -> nn.Module:
+    """torchvision's ResNet-18/50 as MedMNIST's 224 px runs build it (`resnet18(num_classes=K)`), its first
+    conv rebuilt (torchvision's Kaiming init) for `in_chans` other than 3."""
+    import torchvision
+
+    model = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=num_classes)
+    if in_chans != 3:
+        model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
 def _build(name: str, block, num_blocks: list[int], num_classes: int, in_chans: int,
            pretrained: bool, weights, kwargs: dict) -> nn.Module:
-    reject_unknown(name, kwargs)
+    stem = kwargs.pop("stem", "cifar")
+    reject_unknown(name, kwargs, ("stem",))
+    check_choice("stem", stem, STEMS)
+    if stem == "imagenet":
+        model = torchvision_resnet(18 if block is BasicBlock else 50, num_classes, in_chans)
+        return weights_or_scratch(model, name, weights, pretrained, head="fc", first_conv="conv1")
     model = MedMNISTResNet(block, num_blocks, in_chans=in_chans, num_classes=num_classes)
     return weights_or_scratch(model, name, weights, pretrained, head="linear", first_conv="conv1")
 
 
 @register_model("medmnist-resnet18", dims="2d")
 def medmnist_resnet18(num_classes: int, *, in_chans: int = 3, pretrained: bool = False, weights=None, **kwargs):
-    """MedMNIST's CIFAR-style ResNet-18 (3x3 stride-1 stem, no max-pool), for 28 px inputs."""
+    """MedMNIST's ResNet-18: CIFAR-style for 28 px inputs; `stem=imagenet`: torchvision's (their 224 px)."""
     return _build("medmnist-resnet18", BasicBlock, [2, 2, 2, 2], num_classes, in_chans, pretrained, weights, kwargs)
 
 
 @register_model("medmnist-resnet50", dims="2d")
 def medmnist_resnet50(num_classes: int, *, in_chans: int = 3, pretrained: bool = False, weights=None, **kwargs):
-    """MedMNIST's CIFAR-style ResNet-50 (3x3 stride-1 stem, no max-pool), for 28 px inputs."""
+    """MedMNIST's ResNet-50: CIFAR-style for 28 px inputs; `stem=imagenet`: torchvision's (their 224 px)."""
     return _build("medmnist-resnet50", Bottleneck, [3, 4, 6, 3], num_classes, in_chans, pretrained, weights, kwargs)

@@ -25,6 +25,7 @@ def task_summary(task: TaskSpec, present: list[int]) -> dict[str, Any]:
         "flag": task.flag,
         "modality": task.modality,
         "task": task.kind,
+        "medmnist_task": task.medmnist_task,
         "classes": task.num_classes,
         "channels": task.n_channels,
         "dims": task.dims,

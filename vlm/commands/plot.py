@@ -1,4 +1,4 @@
-"""`vlm plot roc|confusion|reliability|robustness|styles|montage|embeddings`."""
+"""`vlm plot roc|confusion|reliability|robustness|styles|montage|embeddings|fewshot`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from vlm.errors import VlmError
 
 plot_app = typer.Typer(cls=VlmGroup, no_args_is_help=True,
                        help="Figures (PNG or SVG by file suffix): ROC curves, confusion matrices, reliability "
-                            "diagrams, MedMNIST-C robustness, prompt styles, data montages, embedding scatters.")
+                            "diagrams, MedMNIST-C robustness, prompt styles, data montages, embedding scatters, "
+                            "few-shot curves.")
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Figure file to write: .png or .svg (written atomically).")]
 
 
@@ -190,3 +191,31 @@ def plot_embeddings_cmd(
 
     return _wrote(embeddings_figure(flag, model, out_file, weights=weights, method=method.lower(), split=split,
                                     size=size, data_root=data_root, limit=limit or None, seed=seed, device=device))
+
+
+@plot_app.command("fewshot")
+@command
+def plot_fewshot_cmd(
+    runs_dir: Annotated[Path, typer.Argument(help="Folder of the few-shot (and zero-shot) run records.",
+                                             show_default=False)],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset flag of the curves, e.g. breastmnist.",
+                                         show_default=False)],
+    out_file: OutOpt,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Encoder of the runs (its id or the --model name given to `vlm fewshot`) \\[default: the "
+                        "only one].", show_default=False)] = None,
+    size: Annotated[Optional[int], typer.Option(
+        "--size", help="Image size of the runs \\[default: the only one].", show_default=False)] = None,
+) -> Output:
+    """K-shot curves of `vlm fewshot` runs: test AUC and ACC against K (log2 axis), mean ± std bands over
+    seeds, one curve per method; the encoder's zero-shot runs in the folder as horizontal lines and the
+    full-data results (--shots all) as points at the right.
+
+    Example: [bold]vlm plot fewshot runs --dataset breastmnist --out fewshot.png[/]
+    """
+    from vlm.plots import fewshot_figure
+    from vlm.results import load_runs
+
+    if not runs_dir.is_dir():
+        raise VlmError(f"Runs folder {runs_dir} not found.")
+    return _wrote(fewshot_figure(load_runs(runs_dir), dataset, out_file, model=model, size=size))

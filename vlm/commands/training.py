@@ -13,6 +13,17 @@ from vlm.commands.output import FormatOpt, Output, Table, columns
 from vlm.commands.training_options import ImageSizeOpt, Recipe, RunControl, RunPlace, TrainFlagArg, TrainSizeOpt
 from vlm.commands.training_options import TrainWeightsOpt, config_options, run_training, training_output
 from vlm.errors import VlmError
+from vlm.training.recipes import RECIPES
+
+RecipeOpt = Annotated[Optional[str], typer.Option(
+    "--recipe", help="Named training recipe for the unset options: " + "; ".join(
+        f"{r.name} (default for {r.describe()['default_for']})" for r in RECIPES.values())
+    + ". Options given explicitly override it and the record lists them; `vlm models` shows each recipe's source.",
+    show_default=False)]
+InterpolationOpt = Annotated[Optional[str], typer.Option(
+    "--interpolation", help="How --image-size resizes: nearest (medmnist's default: their --resize is "
+                            "--image-size 224 with it), bilinear or bicubic (antialiased, PIL-like) \\[default: the "
+                            "recipe's].", show_default=False)]
 
 
 @command
@@ -24,6 +35,8 @@ def train_cmd(
                               "timm 2D name.", show_default=False)] = None,
     size: TrainSizeOpt = None,
     image_size: ImageSizeOpt = None,
+    interpolation: InterpolationOpt = None,
+    recipe_name: RecipeOpt = None,
     weights: TrainWeightsOpt = None,
     pretrained: Annotated[Optional[bool], typer.Option(
         "--pretrained/--scratch", help="Start from pretrained weights or from scratch \\[default: pretrained when "
@@ -47,21 +60,22 @@ def train_cmd(
 ) -> Output:
     """Train a transfer model (2D or 3D) on a dataset: best epoch by val AUC, test scored once.
 
-    Defaults are MedMNIST's recipe (Adam, lr 1e-3, batch 128, LR x0.1 at 50% and 75% of the epochs,
-    no augmentation) with 10 epochs instead of 100. The run folder keeps best.safetensors, a resumable
-    last.pt, epochs.jsonl and the test record. Ctrl-C keeps the last completed epoch: continue with
-    --resume RUN_DIR.
+    Unset options come from the model's training recipe (--recipe; `vlm models` lists the recipes);
+    the record names the recipe and the options that overrode it. The run folder keeps
+    best.safetensors, a resumable last.pt, epochs.jsonl and the test record. Ctrl-C keeps the last
+    completed epoch: continue with --resume RUN_DIR.
 
     Example: [bold]vlm train breastmnist --model medmnist-resnet18 --epochs 20 --data-root ../shared/data/medmnist[/]
-    Example: [bold]vlm train vesselmnist3d --model acs:resnet18 --augment --json[/]
+    Example: [bold]vlm train vesselmnist3d --model acs:resnet18 --augment affine --json[/]
+    Example: [bold]vlm train pathmnist --model medmnist-resnet18 --image-size 224 --recipe medmnist[/]
     Example: [bold]vlm train --resume runs/20250101-120000_breastmnist_train_small-cnn[/]
     """
     from vlm.calibrate import check_calibration
     from vlm.training import TrainConfig, parse_model_opts, train
 
     check_calibration(calibrate)
-    opts = config_options(recipe, control, augment_3d=augment_3d, shape_transform=shape_transform,
-                          image_size=image_size)
+    opts = {**config_options(recipe, control, augment_3d=augment_3d, shape_transform=shape_transform,
+                             image_size=image_size, interpolation=interpolation), **given(recipe=recipe_name)}
     model_opts = parse_model_opts(model_opt) if model_opt else None
     overrides = {**opts, **given(flag=flag.lower() if flag else None, model=model, size=size,
                                  weights=str(weights) if weights else None, pretrained=pretrained,
@@ -159,7 +173,8 @@ def _int_or_error(name: str, value: str) -> int:
 
 @command
 def models_cmd() -> Output:
-    """List the registered transfer models and 3D prefixes (any timm 2D name works too) and the encoder aliases.
+    """List the registered transfer models and 3D prefixes (any timm 2D name works too), the encoder aliases and
+    the training recipes.
 
     Example: [bold]vlm models --json[/]
     """
@@ -169,12 +184,16 @@ def models_cmd() -> Output:
     rows = [{"name": e.name + (":" if e.is_prefix else ""), "dims": e.dims, "description": e.description}
             for e in list_models()]
     aliases = list_aliases()
+    recipes = [{**r.describe(), "options": dict(r.options), "options_3d": dict(r.options_3d)} for r in RECIPES.values()]
     data = {"models": rows, "timm_fallback": "any timm 2D model name (e.g. resnet50, tf_efficientnet_lite0)",
-            "encoders": aliases}
+            "encoders": aliases, "recipes": recipes}
     names = ("name", "backend", "target", "description")
+    recipe_cols = ("name", "default_for", "summary", "source")
     return Output(data, [
         Table(columns("name", "dims", "description"), [[r["name"], r["dims"], r["description"]] for r in rows],
               title="transfer models (`vlm train --model`; any timm 2D name works too)"),
         Table(columns(*names), [[a[n] for n in names] for a in aliases],
               title="encoder aliases (`vlm zero-shot/finetune --model`; also open_clip, transformers and timm names)"),
+        Table(columns(*recipe_cols), [[r[n] for n in recipe_cols] for r in recipes],
+              title="training recipes (`vlm train --recipe`; explicit options override them)"),
     ])

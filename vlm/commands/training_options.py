@@ -29,48 +29,67 @@ TrainWeightsOpt = Annotated[Optional[Path], typer.Option(
     show_default=False)]
 
 
+def _epochs(value: str | None) -> list[float] | None:
+    """`--lr-milestones 10,15` -> [10.0, 15.0]."""
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"takes epochs separated by commas (e.g. 10,15), got '{value}'.") from None
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """The optimisation recipe (unset: the command's defaults)."""
+    """The optimisation options (unset: the recipe's values, `vlm train --recipe`; finetune: its defaults)."""
 
     epochs: Annotated[Optional[int], typer.Option(
-        "--epochs", help="Training epochs \\[default: 10; MedMNIST's baselines used 100].", show_default=False)] = None
+        "--epochs", help="Training epochs \\[default: the recipe's (medmnist 100, others 10); finetune 10].",
+        show_default=False)] = None
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", help="Training batch size \\[default: 128]; evaluation uses twice this.",
+        "--batch-size", help="Training batch size \\[default: the recipe's (e.g. 128; medmnist 3D 32); finetune "
+                            "128]; evaluation uses twice this.",
         show_default=False)] = None
     lr: Annotated[Optional[float], typer.Option(
-        "--lr", help="Learning rate (of the head when --backbone-lr is set) \\[default: 1e-3].",
+        "--lr", help="Learning rate (of the head when --backbone-lr is set) \\[default: the recipe's, e.g. 1e-3].",
         show_default=False)] = None
     backbone_lr: Annotated[Optional[float], typer.Option(
         "--backbone-lr", help="Own, lower learning rate for everything but the head \\[default: train: none (all at "
                               "--lr); finetune: 1e-5].", show_default=False)] = None
     optimizer: Annotated[Optional[str], typer.Option(
-        "--optimizer", help="adam, adamw, radam, nadam or sgd (momentum 0.9) \\[default: train adam, finetune adamw].",
+        "--optimizer", help="adam, adamw, radam, nadam or sgd (momentum 0.9) \\[default: the recipe's, e.g. adam; "
+                            "finetune adamw].",
         show_default=False)] = None
     weight_decay: Annotated[Optional[float], typer.Option(
         "--weight-decay", help="Weight decay \\[default: 0.01 for adamw, else 0].", show_default=False)] = None
     scheduler: Annotated[Optional[str], typer.Option(
-        "--scheduler", help="none, multistep (x0.1 at 50% and 75% of the epochs, MedMNIST), exponential (x gamma per "
+        "--scheduler", help="none, multistep (MultiStepLR: x0.1 at --lr-milestones), exponential (x gamma per "
                             "epoch) or cosine (with --warmup-epochs) \\[default: train multistep, finetune cosine].",
         show_default=False)] = None
     lr_gamma: Annotated[Optional[float], typer.Option(
         "--lr-gamma", help="LR factor: multistep's step [0.1] or exponential's per-epoch decay [0.95].",
         show_default=False)] = None
+    lr_milestones: Annotated[Optional[str], typer.Option(
+        "--lr-milestones", help="multistep: epochs at which the LR drops, comma-separated; fractional ones never "
+                                "fire, as in MultiStepLR \\[default: 0.5 and 0.75 x --epochs (MedMNIST's); medvit "
+                                "10,15].", callback=_epochs, show_default=False)] = None
     warmup_epochs: Annotated[Optional[float], typer.Option(
         "--warmup-epochs", help="Cosine schedule: linear warm-up epochs \\[default: train 0, finetune 1].",
         show_default=False)] = None
     loss: Annotated[Optional[str], typer.Option(
         "--loss", help="ce, bce (multi-label), focal (multi-label: focal BCE) or weighted (class-weighted CE) "
-                       "\\[default: ce; bce for multi-label].", show_default=False)] = None
+                       "\\[default: the recipe's, else ce; bce for multi-label].", show_default=False)] = None
     gamma: Annotated[Optional[float], typer.Option(
-        "--gamma", help="Focal loss exponent \\[default: 2.0].", show_default=False)] = None
+        "--gamma", help="Focal loss exponent \\[default: 2.0; slices-study 0.7].", show_default=False)] = None
     sampler: Annotated[Optional[str], typer.Option(
         "--sampler", help="none (shuffle), balanced (inverse class frequency, with replacement) or oversample "
-                          "(minority classes repeated to the majority count) \\[default: none].",
+                          "(minority classes repeated to the majority count) \\[default: the recipe's, e.g. "
+                          "none].",
         show_default=False)] = None
-    augment: Annotated[Optional[bool], typer.Option(
-        "--augment/--no-augment", help="Training augmentation on the device: 2D flip + small affine + resized crop; "
-                                       "3D see --augment-3d \\[default: off, as MedMNIST].", show_default=False)] = None
+    augment: Annotated[Optional[str], typer.Option(
+        "--augment", help="Training augmentation on the device: off, affine (2D flip + small affine + resized crop; "
+                          "3D: --augment-3d) or augmix (2D, on 8-bit images after resizing, as MedViT) \\[default: "
+                          "the recipe's: off; medvit augmix].", show_default=False)] = None
 
 
 @dataclass(frozen=True)

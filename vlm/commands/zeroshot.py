@@ -10,8 +10,8 @@ from rich.markup import escape
 
 from vlm.commands.calibrate import CalibrateOpt, calibration_table
 from vlm.commands.common import FlagArg, RunsDirOpt, SizeOpt, SplitOpt, command
-from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, ScoringOptions, StyleOpt, WeightsOpt
-from vlm.commands.encoder_options import encoder_kwargs
+from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, ScoringOptions, WeightsOpt
+from vlm.commands.encoder_options import EnsembleOpt, encoder_kwargs
 from vlm.commands.output import FormatOpt, Line, Output, Table, columns, status_console
 from vlm.commands.views import CALIBRATION_COLUMNS, METRIC_COLUMNS, calibration_cells, metric_cells
 
@@ -36,7 +36,11 @@ def zero_shot_cmd(
     model: ModelOpt,
     weights: WeightsOpt = None,
     prompts: PromptsFileOpt = None,
-    style: StyleOpt = "all",
+    style: Annotated[str, typer.Option(
+        "--style", help="Prompt style(s): 'best' (rank the file's styles on the val split, then score --split "
+                        "once with the winner), a name, a comma list (clip,descriptive) or 'all' (several styles "
+                        "on test are marked as not selected on val).")] = "best",
+    ensemble: EnsembleOpt = None,
     split: SplitOpt = "test",
     size: SizeOpt = 28,
     save_scores: Annotated[Optional[Path], typer.Option(
@@ -53,11 +57,12 @@ def zero_shot_cmd(
 
     Scores are softmax(logit_scale * cosine) over the classes (multi-label: over each label's
     negative/positive prompt pair). Image embeddings are cached, so re-running with other prompts
-    encodes nothing. Each style is recorded as a run under --runs-dir. Choose prompts on the val
-    split (`vlm prompts compare`), then score test once.
+    encodes nothing. Each style is recorded as a run under --runs-dir. By default (--style best) the
+    prompt file's styles are ranked on the val split and test is scored once with the winner; the
+    ranking is kept in the record and in --json as "selection".
 
     Example: [bold]vlm zero-shot breastmnist --model biomedclip --style clip --data-root ../shared/data/medmnist[/]
-    Example: [bold]vlm zero-shot breastmnist --model ViT-B-32 --weights vitb32.pt --prompts my.yaml --json[/]
+    Example: [bold]vlm zero-shot breastmnist --model ViT-B-32 --weights vitb32.pt --style best --json[/]
     """
     from vlm.commands.progress import encode_progress
     from vlm.zeroshot import run_zero_shot
@@ -65,16 +70,26 @@ def zero_shot_cmd(
     progress, callback = encode_progress(status_console(fmt), f"encoding {flag} {split}")
     with progress:
         results = run_zero_shot(flag, model, weights=weights, prompts=prompts, styles=style, split=split, size=size,
-                                runs_dir=runs_dir, progress=callback, save_scores=save_scores, calibrate=calibrate,
-                                **encoder_kwargs(encode, scoring))
+                                runs_dir=runs_dir, progress=callback, save_scores=save_scores, ensemble=ensemble,
+                                calibrate=calibrate, **encoder_kwargs(encode, scoring))
     first = results[0]
     data = {"dataset": flag.lower(), "model": model, "encoder": first["model"], "weights_id": first["weights_id"],
-            "split": split, "size": size, "images_encoded": first["images_encoded"], "results": results}
+            "split": split, "size": size, "images_encoded": first["images_encoded"], "selection": first["selection"],
+            "results": results}
     encoded = (f"encoded {first['images_encoded']} images in {first['encode_seconds']:.1f}s"
                if first["images_encoded"] else "image embeddings from the cache")
     blocks = [zero_shot_table(results, f"zero-shot · {flag} · {split} · {size}px · {first['model']} "
                                        f"({first['weights_id']})"),
-              Line(f"{encoded}; prompts: {escape(first['prompts'])}", soft_wrap=True)]
+              Line(f"{encoded}; prompts: {escape(first['prompts'])}; {first['ensemble']} ensembling", soft_wrap=True)]
+    selection = first["selection"]
+    if selection and selection["split"] == "val":
+        ranks = ", ".join(f"{r['style']} {r['auc']:.3f}" if r["auc"] is not None else r["style"]
+                          for r in selection["ranking"])
+        blocks.append(Line(f"style chosen on val: [bold]{escape(selection['style'])}[/] (val AUC: {escape(ranks)})",
+                           soft_wrap=True))
+    elif selection:
+        blocks.append(Line("several styles scored on test: pick a style on val (--style best) before reading "
+                           "a best one off this table", soft_wrap=True))
     if calibrate:
         blocks.insert(1, calibration_table([(r["style"], r, r["calibrated"]) for r in results]))
     for r in results:

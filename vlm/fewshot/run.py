@@ -11,7 +11,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -20,6 +20,7 @@ from vlm.embeddings import EmbedProgress, check_policy, image_embeddings
 from vlm.errors import VlmError
 from vlm.fewshot.base import FewShotData, MethodSpec, ZeroShotHead, get_method
 from vlm.fewshot.shots import Shot, Shots, check_shot, default_shots_path, prepare_shots
+from vlm.finetune.modes import check_image_size
 from vlm.results import RunRecord, new_run_dir
 from vlm.runtime import seed_everything
 from vlm.tasks import TaskSpec
@@ -128,7 +129,9 @@ def run_fewshot(
     slice_axis: int = 0,
     pool: str = "mean",
     n_bootstrap: int = 1000,
+    image_size: int | None = None,
     progress: EmbedProgress | None = None,
+    on_record: Callable[[RunRecord], Any] | None = None,
     encoder: Any = None,
 ) -> list[RunRecord]:
     """Run few-shot `methods` for every K in `shots` and seed in `seeds`; one record per (method, K, seed).
@@ -138,7 +141,9 @@ def run_fewshot(
     by all methods of a (K, seed); `shots_file` names one file instead (then `shots`/`seeds` may be None
     and come from it). `val_shots=K` validates on a K-shot draw of val instead of the full split.
     `options` maps a method name to its hyper-parameter overrides (see each method's options class);
-    `prompts`/`style` pick the zero-shot classifier and class names of the text methods.
+    `prompts`/`style` pick the zero-shot classifier and class names of the text methods. `image_size`
+    overrides the encoder's input size (checked with one blank image). `on_record(record)` is called
+    after each record is written (progress bars).
 
     Example: `run_fewshot("breastmnist", "biomedclip", methods=["tip-adapter", "coop"], shots=[1, 4, 16])`.
     """
@@ -157,6 +162,9 @@ def run_fewshot(
     splits = {s: load_split(flag, s, size, data_root, download=download) for s in ("train", "val", "test")}
     task = splits["train"].task
     enc = encoder if encoder is not None else load_encoder(model, weights, device)
+    if image_size is not None and image_size != enc.preprocess.size:
+        check_image_size(enc, image_size, model)
+        enc.preprocess = enc.preprocess.with_size(image_size)
     text = [s.name for s in specs if s.needs_text]
     if text and not enc.has_text:
         raise VlmError(f"{enc.id} is image-only: {', '.join(text)} need(s) a vision-language model with a text tower.")
@@ -169,7 +177,7 @@ def run_fewshot(
     embed_seconds = time.perf_counter() - t0
     head = zero_shot_classifier(enc, task, prompts, style) if text else None
     base = {"model_name": model, "weights": str(weights) if weights is not None else None, "size": size,
-            "encoder": enc.describe(), "images_encoded": encoded,
+            "image_size": image_size, "encoder": enc.describe(), "images_encoded": encoded,
             "cache_dir": str(cache_dir) if cache_dir is not None else None,
             **({"slice_axis": slice_axis, "pool": pool} if task.is_3d else {})}
     folder = Path(shots_dir) if shots_dir is not None else Path(runs_dir) / "shots"
@@ -182,6 +190,8 @@ def run_fewshot(
             records.append(run_method(spec, data, drawn, splits["test"], options=(options or {}).get(spec.name),
                                       runs_dir=runs_dir, n_bootstrap=n_bootstrap, extra_config=base,
                                       timings={"embed_seconds": round(embed_seconds, 4)}))
+            if on_record is not None:
+                on_record(records[-1])
     return records
 
 

@@ -36,10 +36,17 @@ def check_out(out: str | os.PathLike) -> Path:
 
 
 def save_figure(fig, out: str | os.PathLike, dpi: int = 150) -> Path:
-    """Write a figure to `out` (PNG or SVG by suffix) through a temporary file and an atomic rename."""
+    """Write a figure to `out` (PNG or SVG by suffix) through a temporary file and an atomic rename.
+
+    SVG text is written as `<text>` elements (`svg.fonttype = "none"`), searchable and editable, not as
+    glyph outlines.
+    """
+    import matplotlib
+
     path = check_out(out)
     buf = io.BytesIO()
-    fig.savefig(buf, format=FORMATS[path.suffix.lower()], dpi=dpi)
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format=FORMATS[path.suffix.lower()], dpi=dpi)
     return atomic_write_bytes(path, buf.getvalue())
 
 

@@ -6,7 +6,7 @@
   best.safetensors;
 - `linear-probe` runs (zs-init with zs_then=linear-probe too): the frozen encoder named in the record and the
   probe saved beside it (probe.safetensors); embeddings are computed afresh (no embedding cache);
-- `zero-shot` runs: the encoder, prompt file and style named in the record (logit_scale * cosine).
+- `zero-shot` runs: the encoder, prompt file, style and ensembling named in the record (logit_scale * cosine).
 
 kNN runs are refused (their scores are vote fractions of the training split, not a model of one image).
 """
@@ -118,7 +118,7 @@ def _zero_shot(record: RunRecord, encoder: Any, device: torch.device,
     enc, embed = _embedder(record, encoder, device, batch_size)
     task = get_task(record.dataset)
     prompt_set = load_prompt_set(Path(record.config["prompts_file"]), dataset=task.flag)
-    classifier = text_classifier(enc, prompt_set, record.config["style"])
+    classifier = text_classifier(enc, prompt_set, record.config["style"], record.config.get("ensemble"))
     return lambda split: zero_shot_logits(embed(split), classifier, enc.logit_scale, task.kind)
 
 

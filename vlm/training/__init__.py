@@ -1,6 +1,7 @@
 """Training: the one loop (`fit`) and `vlm train` (`train`), one job per module.
 
-- `config`      TrainConfig (the recipe), its validation against a task, choices, `--model-opt` parsing
+- `recipes`     named recipes (medmnist, slices-study, timm-finetune, medvit): option values and sources
+- `config`      TrainConfig (the options), filled in from a recipe and checked against a task, `--model-opt` parsing
 - `optim`       optimisers, head/backbone parameter groups, per-step LR schedules
 - `pipeline`    uint8 batch -> model input (shape transform, augmentation), bf16 autocast, `predict`
 - `checkpoint`  the run folder's files: spec.json, best.safetensors, last.pt (with RNG state), epochs.jsonl
@@ -9,20 +10,33 @@
 - `transfer`    `train`: a transfer model from the `models` registry for a dataset, then `fit`
 
 Fine-tuning (`vlm.finetune`) builds on this package; resuming a run folder is `vlm.methods.resume`.
+The names below load their module on first use, so `vlm.training.recipes` (torch-free) can be read
+without importing torch (the CLI lists the recipes in its help).
 """
 
-from vlm.training.checkpoint import BEST_FILE, EPOCHS_FILE, LAST_FILE, SPEC_FILE, read_spec, write_spec
-from vlm.training.config import OPTIMIZERS, SCHEDULERS, TrainConfig, check_batch_size, parse_model_opts
-from vlm.training.loggers import LOGGERS, check_log
-from vlm.training.loop import TrainEvent, TrainingInterrupted, TrainProgress, TrainResult, fit
-from vlm.training.optim import build_optimizer, build_scheduler, lr_factor, param_groups
-from vlm.training.pipeline import InputPipeline, autocast, batch_starts, predict, uses_bf16
-from vlm.training.transfer import check_model_dims, fixed_input_size, train
+from __future__ import annotations
 
-__all__ = [
-    "BEST_FILE", "EPOCHS_FILE", "LAST_FILE", "LOGGERS", "OPTIMIZERS", "SCHEDULERS", "SPEC_FILE",
-    "InputPipeline", "TrainConfig", "TrainEvent", "TrainProgress", "TrainResult", "TrainingInterrupted",
-    "autocast", "batch_starts", "build_optimizer", "build_scheduler", "check_batch_size", "check_log",
-    "check_model_dims", "fit", "fixed_input_size", "lr_factor", "param_groups", "parse_model_opts", "predict",
-    "read_spec", "train", "uses_bf16", "write_spec",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "vlm.training.checkpoint": ("BEST_FILE", "EPOCHS_FILE", "LAST_FILE", "SPEC_FILE", "read_spec", "write_spec"),
+    "vlm.training.config": ("OPTIMIZERS", "SCHEDULERS", "TrainConfig", "check_batch_size", "parse_model_opts"),
+    "vlm.training.loggers": ("LOGGERS", "check_log"),
+    "vlm.training.loop": ("TrainEvent", "TrainingInterrupted", "TrainProgress", "TrainResult", "fit"),
+    "vlm.training.optim": ("build_optimizer", "build_scheduler", "lr_factor", "param_groups"),
+    "vlm.training.pipeline": ("InputPipeline", "autocast", "batch_starts", "predict", "uses_bf16"),
+    "vlm.training.recipes": ("RECIPES", "Recipe", "default_recipe", "get_recipe", "recipe_names"),
+    "vlm.training.transfer": ("check_model_dims", "fixed_input_size", "train"),
+}
+_MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'vlm.training' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value

@@ -1,7 +1,8 @@
-"""The training recipe: `TrainConfig`, its validation against a task, the option choices, and option parsing.
+"""The training options: `TrainConfig`, its validation against a task (filling in its recipe), the option
+choices, and option parsing.
 
-Defaults follow MedMNIST's recipe (Adam, lr 1e-3, batch 128, LR x0.1 at 50 % and 75 % of the epochs,
-cross-entropy / BCE for multi-label, no augmentation) with 10 epochs instead of 100.
+Options left unset (`None`) take the values of the run's recipe (`vlm.training.recipes`: `medmnist`,
+`slices-study`, `timm-finetune`, `medvit`), then their task-dependent defaults.
 """
 
 from __future__ import annotations
@@ -10,50 +11,62 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Iterable
 
-from vlm.augment import OPS_3D, shape_transform_default
+from vlm.augment import AUGMENTS, OPS_3D, shape_transform_default
 from vlm.data import Split
 from vlm.errors import VlmError
 from vlm.losses import check_loss, default_loss
+from vlm.preprocess import INTERPOLATIONS
 from vlm.runtime import check_device_name
 from vlm.sampling import SAMPLERS
 from vlm.tasks import TaskSpec
+from vlm.training.recipes import FALLBACK, RECIPE_FIELDS, get_recipe
 
 OPTIMIZERS = ("adam", "adamw", "radam", "nadam", "sgd")
 SCHEDULERS = ("none", "multistep", "exponential", "cosine")
+# What a run folder written before recipes existed trained with, where its spec.json has no entry.
+_BEFORE_RECIPES = {"recipe": FALLBACK, "interpolation": "bilinear", "normalize": True}
 
 
 @dataclass
 class TrainConfig:
     """Every option that shapes a training run; recorded (resolved) in the RunRecord's config.
 
-    `None` means "the default for this task/optimizer/scheduler", filled in by `resolved()`:
-    loss -> ce (bce for multi-label); weight_decay -> 0.01 for adamw, else 0; lr_gamma -> 0.1 for
-    multistep (MedMNIST), 0.95 per epoch for exponential; shape_transform -> on for adrenalmnist3d and
-    vesselmnist3d; eval_batch_size -> 2 x batch_size.
+    `None` means "the recipe's value", filled in by `resolved()`, and then "the default for this
+    task/optimizer/scheduler": loss -> ce (bce for multi-label); weight_decay -> 0.01 for adamw, else 0;
+    lr_gamma -> 0.1 for multistep (MedMNIST), 0.95 per epoch for exponential; lr_milestones ->
+    [0.5 x epochs, 0.75 x epochs] (MedMNIST's); shape_transform -> on for adrenalmnist3d and
+    vesselmnist3d; eval_batch_size -> 2 x batch_size. `recipe` None: `timm-finetune` (`vlm train`
+    picks the model's default recipe first); `recipe_overrides` lists the recipe options given
+    explicitly (filled in by `resolved()`).
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
     backbone_lr: float | None = None  # own LR for everything but the head (fine-tuning); None: lr for all
-    optimizer: str = "adam"
+    optimizer: str | None = None
     weight_decay: float | None = None
-    scheduler: str = "multistep"
+    scheduler: str | None = None
     lr_gamma: float | None = None
-    warmup_epochs: float = 0.0  # cosine: linear warm-up, in epochs (fractions allowed)
+    lr_milestones: list[float] | None = None  # multistep: epochs (MultiStepLR's; fractional ones never fire)
+    warmup_epochs: float | None = None  # cosine: linear warm-up, in epochs (fractions allowed)
     loss: str | None = None
-    gamma: float = 2.0  # focal loss exponent
-    sampler: str = "none"
-    augment: bool = False
-    augment_3d: str = "flip"  # 3D augmentations when augment is on: comma list of flip, rot90
+    gamma: float | None = None  # focal loss exponent
+    sampler: str | None = None
+    augment: str | bool | None = None  # off, affine (2D flip + affine + crop; 3D see augment_3d), augmix (2D)
+    augment_3d: str = "flip"  # 3D augmentations when augment is affine: comma list of flip, rot90
     shape_transform: bool | None = None
     image_size: int | None = None  # None: native size, or the model's fixed input size
+    interpolation: str | None = None  # how images are resized to image_size
+    normalize: bool | None = None  # mean = std = 0.5 (to [-1, 1]); False: [0, 1] as MedMNIST3D
     seed: int = 0
     patience: int | None = None  # early stopping: epochs without a better val AUC (None/0: off)
     device: str = "auto"
     amp: bool | None = None  # bf16 autocast: None = on CUDA only; True = on any device (CPU too); False = off
     eval_batch_size: int | None = None
     n_bootstrap: int = 1000  # bootstrap rounds for the test CIs
+    recipe: str | None = None
+    recipe_overrides: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a plain dict (`dataclasses.asdict`), as spec.json and records store them."""
@@ -61,13 +74,23 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """A config from a stored dict; keys that are not options are ignored."""
+        """A config from a stored dict; keys that are not options are ignored. A config stored before
+        recipes existed keeps what it trained with (bilinear, normalised input; `augment` True -> affine)."""
         names = option_names()
-        return cls(**{k: v for k, v in data.items() if k in names})
+        if "recipe" not in data:
+            data = {**_BEFORE_RECIPES, **data}
+        config = cls(**{k: v for k, v in data.items() if k in names})
+        config.augment = augment_mode(config.augment)
+        return config
 
     def resolved(self, task: TaskSpec) -> "TrainConfig":
-        """Check every option against the task and fill in the task-dependent defaults."""
-        c = replace(self)
+        """Fill in the recipe's values and the task-dependent defaults, and check every option."""
+        c = replace(self, recipe=(self.recipe or FALLBACK).lower())
+        if c.recipe_overrides is None:
+            c.recipe_overrides = [name for name in RECIPE_FIELDS if getattr(c, name) is not None]
+        for name, value in get_recipe(c.recipe).values(task.is_3d).items():
+            if getattr(c, name) is None:
+                setattr(c, name, list(value) if isinstance(value, list) else value)
         if c.epochs < 1:
             raise VlmError(f"--epochs must be at least 1, got {c.epochs}.")
         if c.batch_size < 1:
@@ -77,10 +100,12 @@ class TrainConfig:
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise VlmError(f"--{name.replace('_', '-')} must be a positive number, got {value}.")
         c.optimizer, c.scheduler, c.sampler = c.optimizer.lower(), c.scheduler.lower(), c.sampler.lower()
-        c.device = c.device.lower()
+        c.device, c.interpolation, c.augment = c.device.lower(), c.interpolation.lower(), augment_mode(c.augment)
         check_choice("optimizer", c.optimizer, OPTIMIZERS)
         check_choice("scheduler", c.scheduler, SCHEDULERS)
         check_choice("sampler", c.sampler, SAMPLERS)
+        check_choice("interpolation", c.interpolation, INTERPOLATIONS)
+        check_choice("augment", c.augment, AUGMENTS)
         check_device_name(c.device)
         c.loss = (c.loss or default_loss(task)).lower()
         check_loss(c.loss, task)
@@ -88,10 +113,18 @@ class TrainConfig:
             c.weight_decay = 0.01 if c.optimizer == "adamw" else 0.0
         if c.lr_gamma is None:
             c.lr_gamma = {"multistep": 0.1, "exponential": 0.95}.get(c.scheduler)
+        if c.lr_milestones is None and c.scheduler == "multistep":
+            c.lr_milestones = [0.5 * c.epochs, 0.75 * c.epochs]  # MedMNIST's, fired as MultiStepLR fires them
+        if c.lr_milestones is not None:
+            c.lr_milestones = [float(m) for m in c.lr_milestones]
+            if any(not (m >= 0 and math.isfinite(m)) for m in c.lr_milestones):
+                raise VlmError(f"--lr-milestones must be epochs (0 or more), got {c.lr_milestones}.")
         if c.shape_transform is None:
             c.shape_transform = shape_transform_default(task.flag)
         if c.shape_transform and not task.is_3d:
             raise VlmError(f"The shape transform is MedMNIST's for 3D shape datasets; {task.flag} is 2D.")
+        if c.augment == "augmix" and task.is_3d:
+            raise VlmError(f"AugMix is a 2D augmentation and {task.flag} is 3D: use --augment affine (flips, rot90).")
         ops = tuple(op.strip() for op in str(c.augment_3d).split(",") if op.strip())
         bad = [op for op in ops if op not in OPS_3D]
         if bad:
@@ -108,6 +141,13 @@ class TrainConfig:
         if c.n_bootstrap < 0:
             raise VlmError(f"--bootstrap must be 0 or more, got {c.n_bootstrap}.")
         return c
+
+
+def augment_mode(value: str | bool | None) -> str | None:
+    """The augmentation mode: booleans of older run folders map to affine (True) and off (False)."""
+    if isinstance(value, bool):
+        return "affine" if value else "off"
+    return value.lower() if isinstance(value, str) else value
 
 
 def option_names() -> set[str]:

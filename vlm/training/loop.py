@@ -192,8 +192,9 @@ def fit(
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(runs_dir, f"{task.flag}_{method}_{model_name}")
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_hint = resume_hint or f"vlm train --resume {run_dir}"
-    trainer = _setup(model, train, val, config, device, run_dir, preprocess or medmnist_preprocess(config.image_size),
-                     progress or (lambda event: None))
+    preprocess = preprocess or medmnist_preprocess(config.image_size, interpolation=config.interpolation,
+                                                   normalize=config.normalize)
+    trainer = _setup(model, train, val, config, device, run_dir, preprocess, progress or (lambda event: None))
     record_config = {**config.to_dict(), **(extra_config or {}), "device_used": str(device),
                      "precision": "bf16-autocast" if uses_bf16(device, config.amp) else "fp32"}
     loggers = Loggers(log, run_dir, record_config)

@@ -64,16 +64,20 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return kinds[config.optimizer]()
 
 
-def multistep_milestones(epochs: int) -> tuple[int, int]:
-    """MedMNIST's milestones at 50 % and 75 % of the epochs (0-based epoch from which the LR is lower)."""
-    return math.ceil(0.5 * epochs), math.ceil(0.75 * epochs)
+def multistep_factor(milestones: list[float], gamma: float, epoch: int) -> float:
+    """`torch.optim.lr_scheduler.MultiStepLR`'s LR factor in 0-based epoch `epoch` when stepped once per epoch.
+
+    MultiStepLR decays when its integer epoch counter equals a milestone, so a fractional milestone
+    (MedMNIST's 0.5 x 5 = 2.5) never fires and a repeated one fires once per repetition.
+    """
+    return gamma ** sum(1 for m in milestones if float(m).is_integer() and epoch >= m)
 
 
 def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The LR multiplier at optimisation step `step` (0-based); constant within an epoch except cosine."""
     epoch = step // steps_per_epoch
     if config.scheduler == "multistep":
-        return config.lr_gamma ** sum(epoch >= m for m in multistep_milestones(config.epochs))
+        return multistep_factor(config.lr_milestones, config.lr_gamma, epoch)
     if config.scheduler == "exponential":
         return config.lr_gamma ** epoch
     if config.scheduler == "cosine":
@@ -88,5 +92,5 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR implementing `lr_factor` (equals MedMNIST's per-epoch MultiStepLR)."""
+    """A per-step LambdaLR implementing `lr_factor` (multistep: MultiStepLR's values at every epoch)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, steps_per_epoch))

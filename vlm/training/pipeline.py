@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from vlm.augment import Augment2D, Augment3D, ShapeTransform
+from vlm.augment import Augmenter, ShapeTransform, build_augment
 from vlm.data import Split
 from vlm.preprocess import Preprocess, channels_last, to_float
 from vlm.training.config import TrainConfig
@@ -28,10 +27,8 @@ class InputPipeline:
 
     def __init__(self, preprocess: Preprocess, *, is_3d: bool, config: TrainConfig) -> None:
         self.preprocess = preprocess
-        self.augment: Augment2D | Augment3D | None = None
-        if config.augment:
-            ops = tuple(op for op in config.augment_3d.split(",") if op)
-            self.augment = Augment3D(ops, seed=config.seed + 1) if is_3d else Augment2D(seed=config.seed + 1)
+        self.augment: Augmenter | None = build_augment(config.augment, is_3d=is_3d, ops_3d=config.augment_3d,
+                                                       seed=config.seed + 1, resize=preprocess.resize_2d)
         self.shape = ShapeTransform(seed=config.seed + 2) if config.shape_transform else None
 
     def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
@@ -56,14 +53,9 @@ class InputPipeline:
 
     def describe(self) -> dict[str, Any]:
         """The preprocessing, shape transform and augmentation, as a RunRecord stores them."""
-        out = {**self.preprocess.to_dict(), "id": self.preprocess.id,
-               "shape_transform": "x*U(0,1) train, x*0.5 eval" if self.shape else None,
-               "augment": None}
-        if isinstance(self.augment, Augment2D):
-            out["augment"] = {"2d": asdict(self.augment.spec)}
-        elif isinstance(self.augment, Augment3D):
-            out["augment"] = {"3d": list(self.augment.ops)}
-        return out
+        return {**self.preprocess.to_dict(), "id": self.preprocess.id,
+                "shape_transform": "x*U(0,1) train, x*0.5 eval" if self.shape else None,
+                "augment": self.augment.describe() if self.augment else None}
 
 
 def uses_bf16(device: torch.device, amp: bool | None) -> bool:

@@ -26,6 +26,7 @@ from vlm.training.checkpoint import write_spec
 from vlm.training.config import TrainConfig, check_batch_size
 from vlm.training.loggers import check_log
 from vlm.training.loop import TrainProgress, TrainResult, fit
+from vlm.training.recipes import default_recipe, recipe_model_opts
 
 
 def check_model_dims(model_name: str, task: TaskSpec) -> None:
@@ -102,7 +103,9 @@ def build_transfer_model(model_name: str, task: TaskSpec, config: TrainConfig, *
     if fixed is not None and config.image_size is None and fixed != size:
         resize = fixed
         config = replace(config, image_size=fixed)
-    return TransferModel(model=model, preprocess=medmnist_preprocess(resize, rgb=in_chans == 3), config=config,
+    preprocess = medmnist_preprocess(resize, rgb=in_chans == 3, interpolation=config.interpolation,
+                                     normalize=config.normalize)
+    return TransferModel(model=model, preprocess=preprocess, config=config,
                          model_opts={**model_opts, "in_chans": in_chans})
 
 
@@ -128,12 +131,15 @@ def train(
     Args:
         flag: dataset flag (2D or 3D).
         model_name: a registered name, `PREFIX:BASE` (3D: slices:, acs:, 2.5d:, 3d:), or any timm 2D name.
-        config: training options (defaults: MedMNIST's recipe with 10 epochs).
+        config: training options; unset ones come from `config.recipe`, by default the model's recipe
+            (`vlm.training.recipes`: medmnist for MedMNIST's ResNets and acs:/2.5d:/3d:, slices-study for
+            slices:, medvit for medvit_*, timm-finetune otherwise).
         size: the dataset file's image size (28/64/128/224; 3D 28/64).
         weights: a local checkpoint loaded into the backbone (the head is re-initialised).
         pretrained: start from pretrained weights; default: True when `weights` is given, else from scratch.
-        model_opts: architecture keyword arguments (e.g. `{"slice_axis": 1}`); `in_chans=1` feeds grey
-            images as one channel (default: 3, grey replicated to RGB as MedMNIST's as_rgb).
+        model_opts: architecture keyword arguments (e.g. `{"slice_axis": 1}`) over the recipe's; `in_chans=1`
+            feeds grey images as one channel (default: 3, grey replicated to RGB as MedMNIST's as_rgb;
+            the medmnist recipe's 3D default: 1).
         run_dir: an existing run folder to continue (use `vlm.methods.resume`), else a new one under `runs_dir`.
 
     Example:
@@ -143,9 +149,13 @@ def train(
     task = get_task(flag)
     task.check_size(size)
     check_model_dims(model_name, task)
-    config = config.resolved(task)
+    fresh = config.recipe_overrides is None  # a new run (a resumed one keeps its recorded overrides)
+    config = replace(config, recipe=config.recipe or default_recipe(model_name)).resolved(task)
     check_log(log)
-    model_opts = dict(model_opts or {})
+    model_opts, replaced = recipe_model_opts(config.recipe, model_name, task.is_3d, config.image_size or size,
+                                             dict(model_opts or {}))
+    if fresh and replaced:
+        config = replace(config, recipe_overrides=[*config.recipe_overrides, *replaced])
     in_chans = int(model_opts.pop("in_chans", 3))
     if in_chans not in (1, 3) or (in_chans == 1 and task.n_channels == 3):
         raise VlmError(f"in_chans={in_chans} does not fit {task.flag} ({task.n_channels} channel(s)); use 3.")

@@ -1,4 +1,5 @@
-"""The CLI skeleton: datasets, datasets info, evaluate (typer's CliRunner, no subprocess)."""
+"""The data commands: datasets, datasets info, evaluate, their one-line errors (typer's CliRunner, no
+subprocess)."""
 
 from __future__ import annotations
 
@@ -114,12 +115,3 @@ def test_unwritable_runs_dir(data_root, tmp_path):
     result = invoke("evaluate", "breastmnist", "--scores", tmp_path / "s.npy", "--data-root", data_root,
                     "--record", "--runs-dir", tmp_path / "blocker" / "runs")
     assert result.exit_code == 2 and "Cannot create a run folder" in result.stderr
-
-
-def test_help_paragraphs_are_reflowed_and_examples_kept_on_their_own_lines():
-    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
-    assert result.exit_code == 0
-    text = result.stdout
-    assert "75% of the epochs, no augmentation) with 10 epochs" in text  # a hard break in the docstring
-    examples = [line.strip() for line in text.splitlines() if line.strip().startswith("Example:")]
-    assert len(examples) == 3 and examples[2].startswith("Example: vlm train --resume")
