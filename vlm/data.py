@@ -7,6 +7,7 @@ indexing this tensor; preprocessing happens on the tensor, on its device (see `v
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # numpy and torch load with the first split, not with `vlm da
     import torch
 
 ENV_ROOT = "VLM_DATA_ROOT"
+_FINGERPRINT_SAMPLES = 32
 
 
 @dataclass
@@ -44,6 +46,19 @@ class Split:
     def class_counts(self) -> list[int]:
         """Images per class (multi-label: positives per label)."""
         return class_counts(self.task, self.labels)
+
+
+def data_fingerprint(split: Split) -> str:
+    """A cheap content fingerprint: shape, labels and up to 32 evenly spaced images."""
+    digest = hashlib.sha256()
+    images = split.images
+    digest.update(repr((tuple(images.shape), str(images.dtype))).encode())
+    digest.update(split.labels.detach().cpu().contiguous().numpy().tobytes())
+    n = images.shape[0]
+    if n:
+        idx = torch.linspace(0, n - 1, steps=min(n, _FINGERPRINT_SAMPLES)).round().long().unique()
+        digest.update(images[idx.to(images.device)].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def class_counts(task: TaskSpec, labels: torch.Tensor) -> list[int]:

@@ -3,6 +3,7 @@
 Layout of a run folder `runs/<run_id>/`:
     record.json   the RunRecord (method, model, dataset, split, seed, config, metrics, versions, ...)
     scores.npy    the (N, K) score matrix the metrics were computed from
+    logits.npy, val_logits.npy   the logits of the scored and the val split, where the method has them
     (trainers add checkpoints and epochs.jsonl beside them)
 """
 
@@ -103,6 +104,7 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=library_versions)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     status: str = "finished"
+    calibrated: dict[str, Any] | None = None  # `vlm calibrate`: temperature and the calibrated test metrics
     run_id: str = ""
     path: str = ""
 

@@ -119,19 +119,35 @@ def text_classifier(encoder: Encoder, prompt_set: PromptSet, style: str, ensembl
     return _ensemble(encoder, prompt_set.expand(style), ensemble, texts)
 
 
+def _operands(image_emb: torch.Tensor, classifier: torch.Tensor, kind: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 embeddings and classifier on one device; VlmError when the classifier's shape does not fit `kind`."""
+    img = image_emb.float()
+    w = classifier.float().to(img.device)
+    if kind is not None and (kind == "multi-label") != (w.dim() == 3):
+        raise VlmError(f"A {kind} task needs a {'(E, L, 2)' if kind == 'multi-label' else '(E, K)'} classifier, "
+                       f"got shape {tuple(w.shape)}.")
+    return img, w
+
+
+def zero_shot_logits(image_emb: torch.Tensor, classifier: torch.Tensor, logit_scale: float,
+                     kind: str | None = None) -> torch.Tensor:
+    """Logits (N, K) in float32: logit_scale * image_emb @ W; for a multi-label (E, L, 2) classifier the
+    positive-minus-negative pair logit (N, L), whose sigmoid is `zero_shot_scores`' pair softmax."""
+    img, w = _operands(image_emb, classifier, kind)
+    if w.dim() == 3:
+        logits = logit_scale * torch.einsum("ne,elp->nlp", img, w)
+        return logits[..., 1] - logits[..., 0]
+    return logit_scale * img @ w
+
+
 def zero_shot_scores(image_emb: torch.Tensor, classifier: torch.Tensor, logit_scale: float,
                      kind: str | None = None) -> torch.Tensor:
     """Scores (N, K) in float32: softmax(logit_scale * image_emb @ W) over classes, or for a multi-label
     (E, L, 2) classifier the positive probability of each label's (negative, positive) softmax.
 
     `image_emb` must be L2-normalised (as `image_embeddings` returns it)."""
-    img = image_emb.float()
-    w = classifier.float().to(img.device)
-    multi = w.dim() == 3
-    if kind is not None and (kind == "multi-label") != multi:
-        raise VlmError(f"A {kind} task needs a {'(E, L, 2)' if kind == 'multi-label' else '(E, K)'} classifier, "
-                       f"got shape {tuple(w.shape)}.")
-    if multi:
+    img, w = _operands(image_emb, classifier, kind)
+    if w.dim() == 3:
         logits = logit_scale * torch.einsum("ne,elp->nlp", img, w)
         return logits.softmax(dim=-1)[..., 1]
     return (logit_scale * img @ w).softmax(dim=-1)
@@ -200,6 +216,7 @@ def run_zero_shot(
     save_scores: str | os.PathLike | None = None,
     encoder: Encoder | None = None,
     ensemble: str | None = None,
+    calibrate: str | None = None,
 ) -> list[dict[str, Any]]:
     """Zero-shot score one split of a dataset with the chosen prompt style(s); record one run per style.
 
@@ -214,16 +231,25 @@ def run_zero_shot(
     style: text classifier + scores + metrics), encode_seconds (shared image embedding time), run_dir
     (None unless `record`), scores_file (with `save_scores`: FILE, or FILE_<style>.npy when several
     styles run). `encoder` reuses an already loaded encoder instead of `model`/`weights`. `ensemble`:
-    "embeddings" or "logits" prompt ensembling, None for the encoder's own (see `resolve_ensemble`).
+    "embeddings" or "logits" prompt ensembling, None for the encoder's own (see `resolve_ensemble`). Every
+    record keeps the test logits (logits.npy); `calibrate="temperature"` also scores the val split, keeps its
+    logits and fits a temperature per style there (`vlm.calibrate`), adding `calibrated` to the result and
+    the record.
 
     Example: `run_zero_shot("breastmnist", "biomedclip", styles="clip", data_root="../shared/data/medmnist")`.
     """
+    from vlm.calibrate import check_calibration, temperature_scaling
     from vlm.scoring import record_run, score_split
 
+    check_calibration(calibrate)
+    if calibrate and split != "test":
+        raise VlmError(f"--calibrate fits the temperature on val and applies it to test; --split {split} "
+                       f"cannot be calibrated.")
     policy = EmbeddingPolicy(slice_axis, pool, batch_size, cache_dir)
     policy.check()
     check_ensemble(ensemble)
     data = load_split(flag, split, size, data_root, download=download)
+    val = load_split(flag, "val", size, data_root, download=download) if calibrate else None
     task = data.task
     prompt_set = _load_prompts(task.flag, prompts)
     check_prompt_set(prompt_set, task)
@@ -249,6 +275,7 @@ def run_zero_shot(
                      "note": "several styles scored on test: a choice among them is not a val selection"}
     with Timer() as t_img:
         emb, encoded = policy.embed(enc, data, progress)
+        val_emb, val_encoded = policy.embed(enc, val, progress) if val is not None else (None, 0)
     prompt_file = Path(prompt_set.path)
     prompt_sha = file_digest(prompt_file)
     results = []
@@ -257,12 +284,20 @@ def run_zero_shot(
             with Timer() as t_text:
                 w = text_classifier(enc, prompt_set, style, rule, texts)
             scores = zero_shot_scores(emb, w, enc.logit_scale, task.kind)
+            logits = zero_shot_logits(emb, w, enc.logit_scale, task.kind)
             metrics = score_split(data, scores, n_bootstrap=n_bootstrap, seed=seed)
+            val_logits = calibrated = None
+            if val is not None:
+                val_logits = zero_shot_logits(val_emb, w, enc.logit_scale, task.kind)
+                calibrated = temperature_scaling(task, val_logits, val.labels, logits, data.labels,
+                                                 n_bootstrap=n_bootstrap, seed=seed)
         result: dict[str, Any] = {"style": style, "ensemble": rule, "prompts": str(prompt_file), "model": enc.id,
                                   "weights_id": enc.weights_id, **metrics.to_dict(),
-                                  "images_encoded": encoded, "seconds": round(t_style.seconds, 4),
+                                  "images_encoded": encoded + val_encoded, "seconds": round(t_style.seconds, 4),
                                   "encode_seconds": round(t_img.seconds, 4), "run_dir": None,
                                   "selection": selection}
+        if calibrated is not None:
+            result["calibrated"] = calibrated
         if save_scores is not None:
             out = _scores_path(Path(save_scores), style, len(chosen) > 1)
             atomic_save_npy(out, scores.detach().float().cpu().numpy())
@@ -270,12 +305,14 @@ def run_zero_shot(
         if record:
             config = {
                 "style": style, "ensemble": rule, "prompts_file": str(prompt_file), "prompts_sha256": prompt_sha,
-                "n_prompts": prompt_set.n_prompts(style), "model_name": model, "encoder": enc.describe(),
+                "n_prompts": prompt_set.n_prompts(style), "model_name": model,
+                "weights": str(weights) if weights is not None else None, "encoder": enc.describe(),
                 "batch_size": batch_size, "device": str(enc.device), "n_bootstrap": n_bootstrap,
                 "images_encoded": encoded, "cache_dir": str(cache_dir) if cache_dir is not None else None,
                 **policy.volume_fields(task.is_3d), "selection": selection,
             }
             rec = record_run(data, scores, metrics, method="zero-shot", model=enc.id, runs_dir=runs_dir,
+                             logits=logits, val_logits=val_logits, calibrated=calibrated,
                              weights_id=enc.weights_id, seed=seed, config=config,
                              timings={"load_encoder": round(t_load.seconds, 4), "image_embeddings": round(t_img.seconds, 4),
                                       "text_classifier": round(t_text.seconds, 4), "style": round(t_style.seconds, 4)},

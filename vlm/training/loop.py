@@ -37,7 +37,9 @@ from vlm.training.checkpoint import (
 from vlm.training.config import TrainConfig, check_batch_size
 from vlm.training.loggers import Loggers, check_log
 from vlm.training.optim import build_optimizer, build_scheduler
-from vlm.training.pipeline import InputPipeline, autocast, batch_starts, predict, uses_bf16
+from vlm.training.pipeline import (
+    InputPipeline, autocast, batch_starts, predict, predict_logits, scores_from_logits, uses_bf16,
+)
 
 
 @dataclass
@@ -304,7 +306,8 @@ def _train_epoch(t: _Trainer, epoch: int) -> float:
 
 def _score_test(t: _Trainer, test: Split, record_config: dict[str, Any], loggers: Loggers, *, method: str,
                 model_name: str, weights_id: str | None) -> TrainResult:
-    """Score the test split once with the best checkpoint and write the RunRecord."""
+    """Score the test split once with the best checkpoint and write the RunRecord (with the test logits and
+    the best checkpoint's val logits, for temperature scaling)."""
     from vlm.scoring import record_run, score_split
 
     state, config = t.state, t.config
@@ -312,7 +315,9 @@ def _score_test(t: _Trainer, test: Split, record_config: dict[str, Any], loggers
     t0 = time.perf_counter()
     load_best(t.model, t.run_dir / BEST_FILE)
     test_d = test.to(t.device)
-    scores = predict(t.model, test_d, t.pipeline, batch_size=config.eval_batch_size, device=t.device, amp=config.amp)
+    val_logits, logits = (predict_logits(t.model, s, t.pipeline, batch_size=config.eval_batch_size, device=t.device,
+                                         amp=config.amp) for s in (t.val, test_d))
+    scores = scores_from_logits(test.task.kind, logits)
     metrics = score_split(test_d, scores, n_bootstrap=config.n_bootstrap, seed=config.seed)
     test_seconds = time.perf_counter() - t0
     result = _result(t.run_dir, state, finished=True)
@@ -321,7 +326,7 @@ def _score_test(t: _Trainer, test: Split, record_config: dict[str, Any], loggers
     result.metrics = metrics
     result.record = record_run(
         test_d, scores, metrics, method=method, model=model_name, runs_dir=t.run_dir.parent, run_dir=t.run_dir,
-        weights_id=weights_id, seed=config.seed, config=record_config,
+        logits=logits, val_logits=val_logits, weights_id=weights_id, seed=config.seed, config=record_config,
         timings={"seconds": round(state.train_seconds + test_seconds, 4),
                  "train_seconds": round(state.train_seconds, 4),
                  "seconds_per_epoch": round(result.seconds_per_epoch, 4),
