@@ -2,9 +2,13 @@
 
 Convention (open_clip / CLIP, recorded in every run as `score_convention`):
 
-* text classifier: per class, the prompts' text embeddings are L2-normalised, averaged and the mean is
-  renormalised -> W (E, K). Multi-label (ChestMNIST): per label a (negative, positive) pair of such
-  ensembles -> W (E, L, 2).
+* text classifier: per class, the prompts' text embeddings are L2-normalised and averaged -> W (E, K)
+  (one `encode_texts` call for all prompts; one per class for encoders with `pads_per_class`: MedCLIP).
+  Prompt ensembling (`ensemble`, recorded in each run): "embeddings" renormalises the mean
+  (open_clip/CLIP convention; the default), "logits" keeps it as is, so that `logit_scale * image @ W`
+  is the mean of the class's prompt logits, as MedCLIP's `PromptClassifier(ensemble=True)` scores (the
+  default of encoders whose `prompt_ensemble` is "logits": MedCLIP). Multi-label (ChestMNIST): per
+  label a (negative, positive) pair of such ensembles -> W (E, L, 2).
 * scores: `softmax(logit_scale * cos(image, class))` over the K classes, with the model's own
   `logit_scale`, in float32. Multi-label: per label, softmax over its (negative, positive) pair and
   the positive probability is the score.
@@ -34,41 +38,75 @@ from vlm.prompts import PromptSet, load_prompt_set
 from vlm.results import Timer
 from vlm.tasks import TaskSpec
 
-SCORE_CONVENTION = (
-    "zero-shot: softmax over classes of logit_scale * cosine(image embedding, class text embedding), fp32, "
-    "with the model's own logit_scale; a class embedding is the renormalised mean of its L2-normalised prompt "
-    "embeddings (open_clip/CLIP convention); multi-label: per label, softmax over its (negative, positive) prompt "
-    "pair, score = p(positive); 3D: slice embeddings L2-normalised, pooled per volume, renormalised"
-)
+ENSEMBLES = ("embeddings", "logits")
+_ENSEMBLE_RULES = {
+    "embeddings": "a class embedding is the renormalised mean of its L2-normalised prompt embeddings "
+                  "(open_clip/CLIP convention)",
+    "logits": "a class logit is the mean of its prompts' logits logit_scale * cosine(image, prompt embedding) "
+              "(MedCLIP PromptClassifier(ensemble=True)), i.e. the class embedding is the mean of its "
+              "L2-normalised prompt embeddings, not renormalised",
+}
 
 
-def _ensemble(encoder: Encoder, groups: Sequence[Sequence[str]]) -> torch.Tensor:
-    """One renormalised mean of L2-normalised prompt embeddings per group -> (E, G)."""
-    flat = [p for g in groups for p in g]
+def score_convention(ensemble: str = "embeddings") -> str:
+    """The zero-shot score convention recorded in a run, for one prompt-ensembling rule."""
+    return ("zero-shot: softmax over classes of logit_scale * cosine(image embedding, class text embedding), fp32, "
+            f"with the model's own logit_scale; {_ENSEMBLE_RULES[ensemble]}; multi-label: per label, softmax over "
+            "its (negative, positive) prompt pair, score = p(positive); 3D: slice embeddings L2-normalised, pooled "
+            "per volume, renormalised")
+
+
+SCORE_CONVENTION = score_convention("embeddings")
+
+
+def check_ensemble(ensemble: str | None) -> None:
+    """A VlmError unless `ensemble` is None or one of ENSEMBLES."""
+    if ensemble is not None and ensemble not in ENSEMBLES:
+        raise VlmError(f"Unknown prompt ensembling '{ensemble}': choose one of {', '.join(ENSEMBLES)}.")
+
+
+def resolve_ensemble(encoder: Encoder, ensemble: str | None = None) -> str:
+    """`ensemble`, or (None) the encoder's own rule: its `prompt_ensemble` if it has one (MedCLIP:
+    "logits"), else "embeddings"."""
+    chosen = ensemble if ensemble is not None else getattr(encoder, "prompt_ensemble", "embeddings")
+    check_ensemble(chosen)
+    return chosen
+
+
+def _encode_groups(encoder: Encoder, groups: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+    """L2-normalised prompt embeddings per group: one `encode_texts` call for all prompts (as open_clip's
+    `build_zero_shot_classifier`), or one per group for an encoder whose `pads_per_class` is true (MedCLIP:
+    its text pooling sees the padding, and it tokenises each class's prompts together)."""
+    if getattr(encoder, "pads_per_class", False):
+        return [F.normalize(encoder.encode_texts(list(g)).float(), dim=-1) for g in groups]
+    emb = F.normalize(encoder.encode_texts([p for g in groups for p in g]).float(), dim=-1)
+    return list(emb.split([len(g) for g in groups]))
+
+
+def _ensemble(encoder: Encoder, groups: Sequence[Sequence[str]], ensemble: str) -> torch.Tensor:
+    """Per group, the mean of its L2-normalised prompt embeddings (renormalised for "embeddings") -> (E, G)."""
     if any(len(g) == 0 for g in groups):
         raise VlmError("Every class needs at least one prompt.")
-    emb = F.normalize(encoder.encode_texts(flat).float(), dim=-1)
-    out, start = [], 0
-    for g in groups:
-        out.append(F.normalize(emb[start:start + len(g)].mean(dim=0), dim=-1))
-        start += len(g)
-    return torch.stack(out, dim=1)
+    means = [e.mean(dim=0) for e in _encode_groups(encoder, groups)]
+    return torch.stack([F.normalize(m, dim=-1) for m in means] if ensemble == "embeddings" else means, dim=1)
 
 
-def text_classifier(encoder: Encoder, prompt_set: PromptSet, style: str) -> torch.Tensor:
+def text_classifier(encoder: Encoder, prompt_set: PromptSet, style: str, ensemble: str | None = None) -> torch.Tensor:
     """Zero-shot weights of one style: (E, K) for single-label tasks, (E, L, 2) [negative, positive]
-    per label for multi-label tasks.
+    per label for multi-label tasks. `ensemble`: "embeddings" or "logits" (see the module docstring);
+    None: the encoder's own rule (`resolve_ensemble`).
 
     Example: `W = text_classifier(enc, load_prompt_set("breastmnist"), "clip")` -> (512, 2).
     """
     if not encoder.has_text:
         encoder.encode_texts([])  # raises the image-only error
+    ensemble = resolve_ensemble(encoder, ensemble)
     if prompt_set.is_multi_label:
         pairs = prompt_set.expand_pairs(style)
         groups = [side for pos, neg in pairs for side in (neg, pos)]
-        w = _ensemble(encoder, groups)  # (E, 2L): neg0, pos0, neg1, pos1, ...
+        w = _ensemble(encoder, groups, ensemble)  # (E, 2L): neg0, pos0, neg1, pos1, ...
         return w.view(w.shape[0], len(pairs), 2)
-    return _ensemble(encoder, prompt_set.expand(style))
+    return _ensemble(encoder, prompt_set.expand(style), ensemble)
 
 
 def zero_shot_scores(image_emb: torch.Tensor, classifier: torch.Tensor, logit_scale: float,
@@ -151,6 +189,7 @@ def run_zero_shot(
     record: bool = True,
     save_scores: str | os.PathLike | None = None,
     encoder: Encoder | None = None,
+    ensemble: str | None = None,
 ) -> list[dict[str, Any]]:
     """Zero-shot score one split of a dataset with the chosen prompt style(s); record one run per style.
 
@@ -160,12 +199,12 @@ def run_zero_shot(
     scored on test (`styles="all"`, `split="test"`) are each marked `selection = {"split": "test", ...}`:
     choosing among them would be a choice made on test, and `vlm compare` never marks such a row best.
 
-    Returns one dict per style: style, prompts (file), model (encoder id), weights_id, auc, acc, auc_ci, acc_ci,
-    balanced_acc,
-    per_class, n, images_encoded (this call; 0 when the embeddings came from the cache), seconds (this
+    Returns one dict per style: style, ensemble, prompts (file), model (encoder id), weights_id, auc, acc, auc_ci,
+    acc_ci, balanced_acc, per_class, n, images_encoded (this call; 0 when the embeddings came from the cache), seconds (this
     style: text classifier + scores + metrics), encode_seconds (shared image embedding time), run_dir
     (None unless `record`), scores_file (with `save_scores`: FILE, or FILE_<style>.npy when several
-    styles run). `encoder` reuses an already loaded encoder instead of `model`/`weights`.
+    styles run). `encoder` reuses an already loaded encoder instead of `model`/`weights`. `ensemble`:
+    "embeddings" or "logits" prompt ensembling, None for the encoder's own (see `resolve_ensemble`).
 
     Example: `run_zero_shot("breastmnist", "biomedclip", styles="clip", data_root="../shared/data/medmnist")`.
     """
@@ -173,6 +212,7 @@ def run_zero_shot(
 
     policy = EmbeddingPolicy(slice_axis, pool, batch_size, cache_dir)
     policy.check()
+    check_ensemble(ensemble)
     data = load_split(flag, split, size, data_root, download=download)
     task = data.task
     prompt_set = _load_prompts(task.flag, prompts)
@@ -183,11 +223,13 @@ def run_zero_shot(
         enc = encoder if encoder is not None else load_encoder(model, weights, device)
     if not enc.has_text:
         enc.encode_texts([])  # image-only: one clear error before any work
+    rule = resolve_ensemble(enc, ensemble)
     selection = None
     if best and len(chosen) > 1:
         ranking = compare_prompts(task.flag, enc.id, [prompt_set.path], split="val", size=size, data_root=data_root,
                                   download=download, batch_size=batch_size, cache_dir=cache_dir,
-                                  slice_axis=slice_axis, pool=pool, n_bootstrap=0, progress=progress, encoder=enc)
+                                  slice_axis=slice_axis, pool=pool, n_bootstrap=0, progress=progress, encoder=enc,
+                                  ensemble=rule)
         chosen = [ranking[0]["style"]]
         selection = {"split": "val", "style": chosen[0],
                      "ranking": [{"style": r["style"], "auc": r["auc"], "acc": r["acc"]} for r in ranking]}
@@ -202,10 +244,10 @@ def run_zero_shot(
     for style in chosen:
         with Timer() as t_style:
             with Timer() as t_text:
-                w = text_classifier(enc, prompt_set, style)
+                w = text_classifier(enc, prompt_set, style, rule)
             scores = zero_shot_scores(emb, w, enc.logit_scale, task.kind)
             metrics = score_split(data, scores, n_bootstrap=n_bootstrap, seed=seed)
-        result: dict[str, Any] = {"style": style, "prompts": str(prompt_file), "model": enc.id,
+        result: dict[str, Any] = {"style": style, "ensemble": rule, "prompts": str(prompt_file), "model": enc.id,
                                   "weights_id": enc.weights_id, **metrics.to_dict(),
                                   "images_encoded": encoded, "seconds": round(t_style.seconds, 4),
                                   "encode_seconds": round(t_img.seconds, 4), "run_dir": None,
@@ -216,7 +258,7 @@ def run_zero_shot(
             result["scores_file"] = str(out)
         if record:
             config = {
-                "style": style, "prompts_file": str(prompt_file), "prompts_sha256": prompt_sha,
+                "style": style, "ensemble": rule, "prompts_file": str(prompt_file), "prompts_sha256": prompt_sha,
                 "n_prompts": prompt_set.n_prompts(style), "model_name": model, "encoder": enc.describe(),
                 "batch_size": batch_size, "device": str(enc.device), "n_bootstrap": n_bootstrap,
                 "images_encoded": encoded, "cache_dir": str(cache_dir) if cache_dir is not None else None,
@@ -226,7 +268,7 @@ def run_zero_shot(
                              weights_id=enc.weights_id, seed=seed, config=config,
                              timings={"load_encoder": round(t_load.seconds, 4), "image_embeddings": round(t_img.seconds, 4),
                                       "text_classifier": round(t_text.seconds, 4), "style": round(t_style.seconds, 4)},
-                             score_convention=SCORE_CONVENTION,
+                             score_convention=score_convention(rule),
                              preprocessing={**enc.preprocess.to_dict(), "id": enc.preprocess.id,
                                             **policy.volume_fields(task.is_3d)})
             result["run_dir"] = rec.path
@@ -253,11 +295,13 @@ def compare_prompts(
     seed: int = 0,
     progress: EmbedProgress | None = None,
     encoder: Encoder | None = None,
+    ensemble: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rank every style of every prompt file on one split (default: val, for model selection), best AUC first
     (ties: higher ACC). Images are encoded once (and cached); nothing is recorded.
 
-    Each row: rank, prompts (file), style, n_prompts, auc, acc, auc_ci, acc_ci, balanced_acc, per_class, n.
+    Each row: rank, prompts (file), style, ensemble, n_prompts, auc, acc, auc_ci, acc_ci, balanced_acc, per_class,
+    n. `ensemble` as in `run_zero_shot`.
 
     Example: `compare_prompts("breastmnist", "biomedclip", ["prompts/breastmnist.yaml", "mine.yaml"])`.
     """
@@ -267,6 +311,7 @@ def compare_prompts(
         raise VlmError("Give at least one prompt file to compare (--prompts A.yaml B.yaml ...).")
     policy = EmbeddingPolicy(slice_axis, pool, batch_size, cache_dir)
     policy.check()
+    check_ensemble(ensemble)
     data = load_split(flag, split, size, data_root, download=download)
     task = data.task
     sets = []
@@ -275,13 +320,15 @@ def compare_prompts(
         check_prompt_set(ps, task)
         sets.append(ps)
     enc = encoder if encoder is not None else load_encoder(model, weights, device)
+    rule = resolve_ensemble(enc, ensemble)
     emb, _ = policy.embed(enc, data, progress)
     rows = []
     for ps in sets:
         for style in ps.style_names:
-            scores = zero_shot_scores(emb, text_classifier(enc, ps, style), enc.logit_scale, task.kind)
+            scores = zero_shot_scores(emb, text_classifier(enc, ps, style, rule), enc.logit_scale, task.kind)
             metrics = score_split(data, scores, n_bootstrap=n_bootstrap, seed=seed).to_dict()
-            rows.append({"prompts": str(ps.path), "style": style, "n_prompts": ps.n_prompts(style), **metrics})
+            rows.append({"prompts": str(ps.path), "style": style, "ensemble": rule, "n_prompts": ps.n_prompts(style),
+                         **metrics})
     rows.sort(key=lambda r: (-_num(r["auc"]), -_num(r["acc"])))
     for i, r in enumerate(rows, 1):
         r["rank"] = i

@@ -19,13 +19,19 @@ PromptsFileOpt = Annotated[
 StyleOpt = Annotated[str, typer.Option("--style", help="Prompt style(s): a name, a comma list (clip,descriptive) "
                                                        "or 'all'.")]
 ModelOpt = Annotated[str, typer.Option(
-    "--model", "-m", help="Encoder: an alias (biomedclip, clip-vit-b-32, clip-vit-b-16, plip, pubmedclip, quiltnet), "
+    "--model", "-m", help="Encoder: an alias (biomedclip, clip-vit-b-32, clip-vit-b-16, plip, pubmedclip, quiltnet, "
+                          "medclip-vit, medclip-resnet), "
                           "an open_clip name (ViT-B-32, ViT-B-32:laion2b_s34b_b79k, hf-hub:ORG/REPO, local-dir:FOLDER) "
                           "or a transformers hub id / local folder.", show_default=False)]
 WeightsOpt = Annotated[Optional[str], typer.Option(
     "--weights", help="Local weights file (torch.save state dict or .safetensors) for the --model architecture; "
                       "for an open_clip architecture also a pretrained tag (openai, laion2b_s34b_b79k, ...).",
     show_default=False)]
+
+EnsembleOpt = Annotated[Optional[str], typer.Option(
+    "--ensemble", help="Prompt ensembling per class: embeddings (renormalised mean of the normalised prompt embeddings, "
+                       "open_clip/CLIP) or logits (mean of the prompts' logits, MedCLIP's PromptClassifier). "
+                       "Default: the encoder's own (logits for MedCLIP, embeddings otherwise).", show_default=False)]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from vlm.commands.common import FlagArg, SizeOpt, VlmGroup, command
 from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, ScoringOptions, StyleOpt, WeightsOpt
-from vlm.commands.encoder_options import encoder_kwargs
+from vlm.commands.encoder_options import EnsembleOpt, encoder_kwargs
 from vlm.commands.output import Block, FormatOpt, Line, Output, Styled, Table, columns, status_console
 from vlm.commands.views import metric_cells
 from vlm.errors import VlmError
@@ -129,6 +129,7 @@ def prompts_compare(
     more: Annotated[Optional[list[Path]], typer.Argument(
         help="More prompt files (so that `--prompts A.yaml B.yaml` takes both).", show_default=False)] = None,
     weights: WeightsOpt = None,
+    ensemble: EnsembleOpt = None,
     split: Annotated[str, typer.Option("--split", help="Split to rank on; keep val for model selection "
                                                        "(score test once with `vlm zero-shot`).")] = "val",
     size: SizeOpt = 28,
@@ -154,7 +155,7 @@ def prompts_compare(
     progress, callback = encode_progress(status_console(fmt), f"encoding {flag} {split}")
     with progress:
         rows = compare_prompts(flag, model, files, weights=weights, split=split, size=size, progress=callback,
-                               **encoder_kwargs(encode, scoring))
+                               ensemble=ensemble, **encoder_kwargs(encode, scoring))
     names = ("#", "file", "style", "#prompts", "AUC [95% CI]", "ACC [95% CI]", "bal. ACC")
     table = Table(columns(*names, right=("#", "#prompts", *names[4:])),
                   [[str(r["rank"]), Path(r["prompts"]).name, r["style"], str(r["n_prompts"]), *metric_cells(r)]

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from vlm.commands.common import FlagArg, RunsDirOpt, SizeOpt, SplitOpt, command
 from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, ScoringOptions, WeightsOpt
-from vlm.commands.encoder_options import encoder_kwargs
+from vlm.commands.encoder_options import EnsembleOpt, encoder_kwargs
 from vlm.commands.output import FormatOpt, Line, Output, Table, columns, status_console
 from vlm.commands.views import METRIC_COLUMNS, metric_cells
 
@@ -37,6 +37,7 @@ def zero_shot_cmd(
         "--style", help="Prompt style(s): 'best' (rank the file's styles on the val split, then score --split "
                         "once with the winner), a name, a comma list (clip,descriptive) or 'all' (several styles "
                         "on test are marked as not selected on val).")] = "best",
+    ensemble: EnsembleOpt = None,
     split: SplitOpt = "test",
     size: SizeOpt = 28,
     save_scores: Annotated[Optional[Path], typer.Option(
@@ -65,7 +66,7 @@ def zero_shot_cmd(
     progress, callback = encode_progress(status_console(fmt), f"encoding {flag} {split}")
     with progress:
         results = run_zero_shot(flag, model, weights=weights, prompts=prompts, styles=style, split=split, size=size,
-                                runs_dir=runs_dir, progress=callback, save_scores=save_scores,
+                                runs_dir=runs_dir, progress=callback, save_scores=save_scores, ensemble=ensemble,
                                 **encoder_kwargs(encode, scoring))
     first = results[0]
     data = {"dataset": flag.lower(), "model": model, "encoder": first["model"], "weights_id": first["weights_id"],
@@ -75,7 +76,7 @@ def zero_shot_cmd(
                if first["images_encoded"] else "image embeddings from the cache")
     blocks = [zero_shot_table(results, f"zero-shot · {flag} · {split} · {size}px · {first['model']} "
                                        f"({first['weights_id']})"),
-              Line(f"{encoded}; prompts: {escape(first['prompts'])}", soft_wrap=True)]
+              Line(f"{encoded}; prompts: {escape(first['prompts'])}; {first['ensemble']} ensembling", soft_wrap=True)]
     selection = first["selection"]
     if selection and selection["split"] == "val":
         ranks = ", ".join(f"{r['style']} {r['auc']:.3f}" if r["auc"] is not None else r["style"]

@@ -7,7 +7,7 @@ random-initialised (its `weights_id` is `random-init` and its embeddings are nev
 
 Modules: `base` (interface, aliases, backend registry, name resolution, `load_encoder`), `hub`
 (offline hub access and messages), `checkpoints` (weights files), and one per backend, each
-registering itself on import: `open_clip`, `transformers`, `timm`. Importing this package imports
+registering itself on import: `open_clip`, `transformers`, `timm`, `medclip`. Importing this package imports
 none of those libraries; a backend imports its own when it resolves or loads a name.
 
 Adding a backend: write `vlm/encoders/NAME.py` with an `Encoder` subclass and a loader
@@ -16,7 +16,7 @@ Adding a backend: write `vlm/encoders/NAME.py` with an `Encoder` subclass and a 
 its name rule among the others, see `vlm.encoders.base`), and import it at the top of this file.
 """
 
-from vlm.encoders import open_clip, timm, transformers  # noqa: F401 - each registers its backend
+from vlm.encoders import medclip, open_clip, timm, transformers  # noqa: F401 - each registers its backend
 from vlm.encoders.base import (
     ALIASES,
     BACKENDS,

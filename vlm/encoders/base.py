@@ -13,8 +13,10 @@ A name is resolved in this order:
    ==== ============ =======================================================================
    rank backend      matches
    ==== ============ =======================================================================
+   5    medclip      `medclip-vit:FOLDER`, `medclip-resnet:FOLDER` (also the prefix `medclip:FOLDER`)
    10   open_clip    `hf-hub:ORG/REPO`, `local-dir:FOLDER`, a built-in architecture (`ViT-B-32`,
                      optionally `ViT-B-32:TAG`)
+   19   medclip      a local folder with `pytorch_model.bin` and `text/config.json` (no `config.json`)
    20   open_clip    a local folder with `open_clip_config.json` (-> `local-dir:FOLDER`)
    21   transformers a local folder with `config.json`
    30   (here)       any other local folder or path-like name: an error naming it
@@ -55,7 +57,7 @@ class EncoderAlias:
     """A short name for a well-known encoder."""
 
     name: str
-    backend: str  # "open_clip" | "transformers" | "timm"
+    backend: str  # "open_clip" | "transformers" | "timm" | "medclip"
     target: str  # what load_encoder resolves it to
     description: str
     text_model: str | None = None  # HF text model an open_clip config names (needed offline in FOLDER/text/)
@@ -81,6 +83,12 @@ ALIASES: dict[str, EncoderAlias] = {
                      "PubMedCLIP: CLIP ViT-B/32 fine-tuned on ROCO radiology image-caption pairs (transformers)"),
         EncoderAlias("quiltnet", "open_clip", "hf-hub:wisdomik/QuiltNet-B-32",
                      "QuiltNet: CLIP ViT-B/32 fine-tuned on Quilt-1M histopathology video frames (open_clip)"),
+        EncoderAlias("medclip-vit", "medclip", "vit",
+                     "MedCLIP-ViT: Swin-tiny + Bio_ClinicalBERT, trained on MIMIC-CXR/CheXpert (local folder: "
+                     "--weights FOLDER, see vlm.encoders.medclip)"),
+        EncoderAlias("medclip-resnet", "medclip", "resnet",
+                     "MedCLIP-ResNet: ResNet-50 + Bio_ClinicalBERT, trained on MIMIC-CXR/CheXpert (local folder: "
+                     "--weights FOLDER, see vlm.encoders.medclip)"),
     )
 }
 
