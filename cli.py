@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import typer
 
-from vlm.commands import compare, data, experiments, fewshot, plot, prompts, training, zeroshot
+from vlm.commands import calibrate, compare, data, experiments, fewshot, plot, prompts, robustness, training
+from vlm.commands import zeroshot
 from vlm.commands.common import VlmGroup
 
 app = typer.Typer(
@@ -26,6 +27,8 @@ app.command("evaluate")(data.evaluate_cmd)
 app.add_typer(prompts.prompts_app, name="prompts")
 app.command("zero-shot")(zeroshot.zero_shot_cmd)
 app.command("compare")(compare.compare_cmd)
+app.command("calibrate")(calibrate.calibrate_cmd)
+app.command("robustness")(robustness.robustness_cmd)
 app.add_typer(plot.plot_app, name="plot")
 app.command("train")(training.train_cmd)
 app.command("finetune")(training.finetune_cmd)

@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from models.errors import ModelError
 
-__all__ = ["LoadReport", "read_state_dict", "read_shapes", "load_weights"]
+__all__ = ["LoadReport", "read_state_dict", "read_shapes", "read_tensor", "load_weights"]
 
 #: Checkpoint keys that wrap the actual state dict, in the order they are looked for.
 WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state_dict", "net")
@@ -112,6 +112,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         kind = "safetensors" if p.suffix == ".safetensors" else "torch"
         raise ModelError(f"Cannot read weights file {p} as a {kind} checkpoint ({_one_line(e)}).") from e
     return _unwrap(obj, str(p))
+
+
+def read_tensor(path: str | Path, key: str) -> torch.Tensor | None:
+    """One tensor of a checkpoint by its (cleaned) key, None if absent, reading as little as the format
+    allows: the header and that tensor of a `.safetensors` file, a memory-mapped `torch.load` otherwise."""
+    p = _check_path(path)
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                name = next((k for k in f.keys() if _clean_key(k) == key), None)
+                return f.get_tensor(name) if name is not None else None
+        except Exception as e:
+            raise ModelError(f"Cannot read weights file {p} ({_one_line(e)}).") from e
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint (no mmap): read it whole
+        return read_state_dict(p).get(key)
+    return _unwrap(obj, str(p)).get(key)
 
 
 def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:

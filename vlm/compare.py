@@ -10,9 +10,11 @@ JSON. Its rules:
   `RUN_SPECIFIC_KEYS`, keys starting with "_" and keys ending in _dir/_path/_file/_root).
 - **Columns are (dataset, size, split).** Runs on other sizes or splits are never merged; every column
   is labelled like ``breastmnist 28px test``.
-- **Cells** hold AUC and ACC: a single run shows its bootstrap 95% CIs; several runs of one method
+- **Cells** hold AUC, ACC, ECE, Brier and NLL (`vlm.compare_model.METRICS`; `vlm compare --metrics`
+  picks the shown ones): a single run shows its bootstrap 95% CIs; several runs of one method
   (different seeds) show mean ± std (sample std) over the n seeds. A repeated seed counts once: the
-  newest record wins. The best AUC and the best ACC of each column are marked (ties all marked).
+  newest record wins. The best value of each metric in each column is marked (ties all marked): the
+  highest AUC and ACC, the lowest ECE, Brier and NLL.
 - **Published baselines** (`baselines="medmnist"`) are appended as rows marked published, with no CI,
   and only in test-split columns of their own size: the "ResNet-xx (28)" rows and every 28 px method
   (auto-sklearn, AutoKeras, Google AutoML Vision, all 3D methods) go to ``<flag> 28px test``, the
@@ -28,13 +30,13 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from vlm.compare_model import LOWER_IS_BETTER, METRICS, Cell, Column, ComparisonTable, Row
 from vlm.errors import VlmError
 from vlm.files import finite_or_none
-from vlm.results import RunRecord, jsonable, load_run, load_scores
+from vlm.results import RunRecord, load_run, load_scores
 from vlm.tasks import SPLITS, all_tasks, get_task
 
 # Config entries that describe one run, not the method (see the module docstring).
@@ -46,95 +48,6 @@ RUN_SPECIFIC_KEYS = frozenset({
     "best_val_auc", "stop_reason", "selection",
 })
 _RUN_SPECIFIC_SUFFIXES = ("_dir", "_path", "_file", "_root")
-
-
-# ----------------------------------------------------------------------------- the table model
-@dataclass(frozen=True)
-class Column:
-    """A (dataset, size, split) column."""
-
-    dataset: str
-    size: int
-    split: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.dataset}/{self.size}/{self.split}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.dataset} {self.size}px {self.split}"
-
-
-@dataclass
-class Row:
-    """One method (runs of all seeds), or one published baseline."""
-
-    key: str
-    label: str
-    method: str
-    model: str
-    weights_id: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    published: bool = False
-    source: str | None = None
-    test_selected: bool = False  # one of several prompt styles all scored on test: never marked best
-
-
-@dataclass
-class Cell:
-    """AUC and ACC of one method in one column."""
-
-    auc: float | None
-    acc: float | None
-    auc_ci: tuple[float, float] | None = None  # single run: bootstrap CI
-    acc_ci: tuple[float, float] | None = None
-    auc_std: float | None = None  # several seeds: sample std
-    acc_std: float | None = None
-    n_seeds: int = 1
-    seeds: list[Any] = field(default_factory=list)
-    run_ids: list[str] = field(default_factory=list)
-    n: int | None = None  # test samples (None for published values)
-    published: bool = False
-    note: str | None = None  # e.g. runs whose AUC is undefined
-    best_auc: bool = False
-    best_acc: bool = False
-
-
-@dataclass
-class ComparisonTable:
-    columns: list[Column]
-    rows: list[Row]
-    cells: dict[tuple[str, str], Cell]  # (row key, column key) -> cell
-    notes: list[str] = field(default_factory=list)
-
-    def cell(self, row: Row | str, column: Column | str) -> Cell | None:
-        row_key = row.key if isinstance(row, Row) else row
-        col_key = column.key if isinstance(column, Column) else column
-        return self.cells.get((row_key, col_key))
-
-    def row(self, label: str) -> Row:
-        """The row with this label (VlmError if there is none)."""
-        for row in self.rows:
-            if row.label == label:
-                return row
-        raise VlmError(f"No row '{label}' in the table; rows: {', '.join(r.label for r in self.rows)}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: columns, rows (each with its cells by column label) and notes."""
-        rows = []
-        for row in self.rows:
-            cells = {}
-            for col in self.columns:
-                cell = self.cell(row, col)
-                if cell is not None:
-                    cells[col.label] = jsonable(asdict(cell))
-            rows.append({**asdict(row), "cells": cells})
-        return {
-            "columns": [{"dataset": c.dataset, "size": c.size, "split": c.split, "label": c.label} for c in self.columns],
-            "rows": rows,
-            "notes": list(self.notes),
-        }
 
 
 # ----------------------------------------------------------------------------- method identity
@@ -211,39 +124,36 @@ def _column_order(col: Column) -> tuple:
 
 def _run_cell(records: list[RunRecord]) -> Cell:
     """One cell from the runs of one method in one column (one per seed)."""
-    aucs = [v for v in (_metric(r, "auc") for r in records) if v is not None]
-    accs = [v for v in (_metric(r, "acc") for r in records) if v is not None]
     ns = {r.metrics.get("n") for r in records}
-    cell = Cell(
-        auc=statistics.fmean(aucs) if aucs else None,
-        acc=statistics.fmean(accs) if accs else None,
-        n_seeds=len(records),
-        seeds=[r.seed for r in records],
-        run_ids=[r.run_id for r in records],
-        n=ns.pop() if len(ns) == 1 else None,
-    )
-    if len(records) == 1:
-        cell.auc_ci, cell.acc_ci = _ci(records[0], "auc_ci"), _ci(records[0], "acc_ci")
-    else:
-        cell.auc_std = statistics.stdev(aucs) if len(aucs) > 1 else None
-        cell.acc_std = statistics.stdev(accs) if len(accs) > 1 else None
-    if len(aucs) < len(records):
-        cell.note = f"AUC undefined in {len(records) - len(aucs)} of {len(records)} runs"
+    cell = Cell(auc=None, acc=None, n_seeds=len(records), seeds=[r.seed for r in records],
+                run_ids=[r.run_id for r in records], n=ns.pop() if len(ns) == 1 else None)
+    for metric in METRICS:
+        values = [v for v in (_metric(r, metric) for r in records) if v is not None]
+        setattr(cell, metric, statistics.fmean(values) if values else None)
+        if len(records) == 1:
+            setattr(cell, f"{metric}_ci", _ci(records[0], f"{metric}_ci"))
+        elif len(values) > 1:
+            setattr(cell, f"{metric}_std", statistics.stdev(values))
+        if metric == "auc" and len(values) < len(records):
+            cell.note = f"AUC undefined in {len(records) - len(values)} of {len(records)} runs"
     return cell
 
 
 def _mark_best(table: ComparisonTable) -> None:
+    """Mark each column's best value of every metric: the highest, or the lowest for LOWER_IS_BETTER; rows of
+    styles chosen on test are never marked."""
     barred = {r.key for r in table.rows if r.test_selected}
     for col in table.columns:
         cells = [c for (rk, ck), c in table.cells.items() if ck == col.key and rk not in barred]
-        for metric in ("auc", "acc"):
-            values = [getattr(c, metric) for c in cells if getattr(c, metric) is not None]
+        for metric in METRICS:
+            sign = -1 if metric in LOWER_IS_BETTER else 1
+            values = [sign * getattr(c, metric) for c in cells if getattr(c, metric) is not None]
             if not values:
                 continue
             top = max(values)
             for c in cells:
                 value = getattr(c, metric)
-                if value is not None and value >= top - 1e-12:
+                if value is not None and sign * value >= top - 1e-12:
                     setattr(c, f"best_{metric}", True)
 
 
@@ -252,7 +162,7 @@ def comparison_table(
     datasets: Sequence[str] | None = None,
     baselines: bool | str = False,
 ) -> ComparisonTable:
-    """One row per method, one column per (dataset, size, split), AUC and ACC in each cell.
+    """One row per method, one column per (dataset, size, split), the METRICS in each cell.
 
     `records`: finished run records (`vlm.results.load_runs`), oldest first. `datasets`: keep only
     these flags. `baselines`: True or "medmnist" appends the published MedMNIST v2 results

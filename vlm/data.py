@@ -7,19 +7,23 @@ indexing this tensor; preprocessing happens on the tensor, on its device (see `v
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from vlm.errors import VlmError
 from vlm.files import file_digest
-from vlm.tasks import SPLITS, TaskSpec, get_task
+from vlm.tasks import SPLITS, TaskSpec, get_task, medmnist_info
+
+if TYPE_CHECKING:  # numpy and torch load with the first split, not with `vlm datasets`
+    import numpy as np
+    import torch
 
 ENV_ROOT = "VLM_DATA_ROOT"
+_FINGERPRINT_SAMPLES = 32
 
 
 @dataclass
@@ -44,8 +48,23 @@ class Split:
         return class_counts(self.task, self.labels)
 
 
+def data_fingerprint(split: Split) -> str:
+    """A cheap content fingerprint: shape, labels and up to 32 evenly spaced images."""
+    digest = hashlib.sha256()
+    images = split.images
+    digest.update(repr((tuple(images.shape), str(images.dtype))).encode())
+    digest.update(split.labels.detach().cpu().contiguous().numpy().tobytes())
+    n = images.shape[0]
+    if n:
+        idx = torch.linspace(0, n - 1, steps=min(n, _FINGERPRINT_SAMPLES)).round().long().unique()
+        digest.update(images[idx.to(images.device)].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def class_counts(task: TaskSpec, labels: torch.Tensor) -> list[int]:
     """Per-class counts of a label tensor (N, L); positives per label for multi-label tasks."""
+    import torch
+
     if task.kind == "multi-label":
         return labels.sum(dim=0).tolist()
     return torch.bincount(labels[:, 0].long().cpu(), minlength=task.num_classes).tolist()
@@ -53,9 +72,7 @@ def class_counts(task: TaskSpec, labels: torch.Tensor) -> list[int]:
 
 def default_root() -> Path:
     """medmnist's own default data folder (~/.medmnist)."""
-    from medmnist.info import DEFAULT_ROOT
-
-    return Path(DEFAULT_ROOT)
+    return Path(medmnist_info().DEFAULT_ROOT)
 
 
 def resolve_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -156,6 +173,9 @@ def load_split(
 
     Example: `load_split("breastmnist", "test", 28, "../shared/data/medmnist")` -> Split of 156 images.
     """
+    import numpy as np
+    import torch
+
     task = flag if isinstance(flag, TaskSpec) else get_task(flag)
     if split not in SPLITS:
         raise VlmError(f"Unknown split '{split}': choose one of {', '.join(SPLITS)}.")

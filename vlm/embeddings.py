@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from vlm.data import Split
+from vlm.data import Split, data_fingerprint
 from vlm.encoders import RANDOM_INIT, Encoder
 from vlm.errors import VlmError
 from vlm.preprocess import channels_last
@@ -44,7 +44,6 @@ FORMAT_VERSION = 1
 ENV_CACHE = "VLM_CACHE_DIR"
 POOLS = ("mean", "max")
 SLICE_AXES = {0: "D", 1: "H", 2: "W"}
-_FINGERPRINT_SAMPLES = 32
 _RESIDENT_LIMIT = 4 << 30  # move a split to the GPU whole when it is below 4 GiB
 
 EmbedProgress = Callable[[int], Any]
@@ -87,19 +86,6 @@ class EmbeddingPolicy:
         """`image_embeddings` of a split under this policy: (N, E) embeddings and the number encoded."""
         return image_embeddings(encoder, split, batch_size=self.batch_size, cache_dir=self.cache_dir,
                                 slice_axis=self.slice_axis, pool=self.pool, progress=progress)
-
-
-def data_fingerprint(split: Split) -> str:
-    """A cheap content fingerprint: shape, labels and up to 32 evenly spaced images."""
-    digest = hashlib.sha256()
-    images = split.images
-    digest.update(repr((tuple(images.shape), str(images.dtype))).encode())
-    digest.update(split.labels.detach().cpu().contiguous().numpy().tobytes())
-    n = images.shape[0]
-    if n:
-        idx = torch.linspace(0, n - 1, steps=min(n, _FINGERPRINT_SAMPLES)).round().long().unique()
-        digest.update(images[idx.to(images.device)].detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def cache_key(encoder: Encoder, split: Split, slice_axis: int = 0, pool: str = "mean") -> dict[str, Any]:

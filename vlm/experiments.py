@@ -11,29 +11,69 @@
         model: medmnist-resnet18
         datasets: [breastmnist]          # optional: restrict to some datasets
         options: {epochs: 10}            # options of `vlm train` / `vlm finetune` / `vlm zero-shot`
+    launch:                              # optional; `vlm run` options of the same names override these
+      workers: 2                         # jobs at once on this machine (one GPU each when there are GPUs)
+      launcher: slurm                    # or local (submitit's LocalExecutor); leave out to run here
+      partition: gpu                     # SLURM partition
+      gpus_per_job: 1
+      time: 60                           # minutes per job (SLURM time limit)
+      array_parallelism: 16              # SLURM array tasks at once
 
 A job is (method, dataset, size, seed). Its key is stored in the record's config, so `vlm run` skips
-jobs that already have a finished record and an interrupted matrix resumes where it stopped.
+jobs that already have a finished record and an interrupted matrix resumes where it stopped
+(`vlm.launch` runs the jobs, across workers and through submitit).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vlm.errors import VlmError
-from vlm.methods import Job, Method, MethodError, get_method, method_kinds
+from vlm.methods import Job, Method, MethodError, get_method, method_kinds, resume
 from vlm.results import RunRecord, load_runs
 from vlm.tasks import get_task
 
-TOP_KEYS = {"name", "description", "seeds", "datasets", "methods", "runs_dir", "data_root", "device"}
+TOP_KEYS = {"name", "description", "seeds", "datasets", "methods", "runs_dir", "data_root", "device", "launch"}
 DATASET_KEYS = {"flag", "size"}
 METHOD_KEYS = {"name", "kind", "model", "weights", "mode", "prompts", "styles", "datasets", "options"}
 JOB_KEY = "experiment_job"
+LAUNCHERS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How `vlm run` spreads the jobs: worker processes here, or a submitit launcher (local or SLURM)."""
+
+    workers: int = 1  # worker processes (here, or tasks of the local launcher)
+    launcher: str | None = None  # None: run here; "local" or "slurm": through submitit
+    partition: str | None = None  # SLURM partition
+    gpus_per_job: int = 1
+    time: int = 60  # minutes per job (the SLURM time limit; the local launcher's timeout per task)
+    array_parallelism: int = 16  # SLURM array tasks running at once
+
+    def merged(self, **overrides: Any) -> "LaunchSettings":
+        """These settings with the given non-None values replaced (the CLI's options over the file's keys)."""
+        settings = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """A VlmError naming the setting at fault."""
+        if self.launcher is not None and self.launcher not in LAUNCHERS:
+            raise VlmError(f"Unknown launcher '{self.launcher}' (one of {', '.join(LAUNCHERS)}).")
+        for name in ("workers", "time", "array_parallelism"):
+            if getattr(self, name) < 1:
+                raise VlmError(f"launch {name} must be at least 1, not {getattr(self, name)}.")
+        if self.gpus_per_job < 0:
+            raise VlmError(f"launch gpus_per_job must be 0 or more, not {self.gpus_per_job}.")
+
+
+LAUNCH_KEYS = {f.name for f in fields(LaunchSettings)}
 
 
 @dataclass
@@ -46,6 +86,7 @@ class Experiment:
     runs_dir: Path | None = None
     data_root: Path | None = None
     device: str = "auto"
+    launch: LaunchSettings = field(default_factory=LaunchSettings)
 
     def jobs(self) -> list[Job]:
         """Every (method, dataset, size, seed) of the matrix, in file order."""
@@ -163,10 +204,25 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     seeds = [seeds] if isinstance(seeds, int) else seeds
     if not all(isinstance(s, int) for s in seeds):
         raise reader.fail(("seeds",), "seeds must be integers.")
+    launch = _launch(reader, data.get("launch") or {})
     optional_path = (lambda p: Path(p) if p else None)  # relative paths are from the working folder, as on the CLI
     return Experiment(name=str(data.get("name", path.stem)), path=path, seeds=list(seeds), datasets=datasets,
                       methods=methods, runs_dir=optional_path(data.get("runs_dir")),
-                      data_root=optional_path(data.get("data_root")), device=str(data.get("device", "auto")))
+                      data_root=optional_path(data.get("data_root")), device=str(data.get("device", "auto")),
+                      launch=launch)
+
+
+def _launch(reader: _Reader, entry: Any) -> LaunchSettings:
+    """The `launch` mapping: integers where counts are, a known launcher."""
+    entry = reader.mapping(entry, ("launch",), LAUNCH_KEYS)
+    for key, value in entry.items():
+        text = key in ("launcher", "partition")
+        if (not isinstance(value, str)) if text else (not isinstance(value, int) or isinstance(value, bool)):
+            raise reader.fail(("launch", key), f"launch {key} must be {'text' if text else 'an integer'}.")
+    try:
+        return LaunchSettings().merged(**entry)
+    except VlmError as exc:
+        raise reader.fail(("launch", next(iter(entry), None)), str(exc)) from None
 
 
 def finished_jobs(runs_dir: str | os.PathLike) -> dict[str, RunRecord]:
@@ -182,10 +238,14 @@ def pending_jobs(experiment: Experiment, runs_dir: str | os.PathLike) -> list[Jo
 
 
 def run_job(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str = "auto",
-            cache_dir: str | os.PathLike | None = None) -> None:
-    """Run one job through its method kind (the same library call as its CLI command); its records carry the job key."""
+            cache_dir: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None) -> None:
+    """Run one job through its method kind (the same library call as its CLI command), or continue it in
+    `resume_dir` (a run folder of it that has a spec.json and no record); its records carry the job key."""
     from vlm.scoring import record_tags
 
     with record_tags(**{JOB_KEY: job.key, "experiment_method": job.method.name}):
-        get_method(job.method.kind).run(job, runs_dir=runs_dir, data_root=data_root, device=device,
-                                        cache_dir=cache_dir)
+        if resume_dir is not None:
+            resume(resume_dir, overrides={"device": device}, data_root=data_root)
+        else:
+            get_method(job.method.kind).run(job, runs_dir=runs_dir, data_root=data_root, device=device,
+                                            cache_dir=cache_dir)

@@ -9,11 +9,12 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from vlm.errors import VlmError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -43,6 +44,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """`np.save` through `atomic_write_bytes`."""
+    import numpy as np
+
     buf = io.BytesIO()
     np.save(buf, np.asarray(array))
     return atomic_write_bytes(path, buf.getvalue())

@@ -3,6 +3,7 @@
 Layout of a run folder `runs/<run_id>/`:
     record.json   the RunRecord (method, model, dataset, split, seed, config, metrics, versions, ...)
     scores.npy    the (N, K) score matrix the metrics were computed from
+    logits.npy, val_logits.npy   the logits of the scored and the val split, where the method has them
     (trainers add checkpoints and epochs.jsonl beside them)
 """
 
@@ -14,10 +15,12 @@ import os
 import platform
 import re
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -47,6 +50,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "run"
 
 
+_RUN_DIR_HOOK: ContextVar[Callable[[Path], None] | None] = ContextVar("new_run_dir_hook", default=None)
+
+
+@contextmanager
+def on_new_run_dir(callback: Callable[[Path], None]) -> Iterator[None]:
+    """Call `callback(folder)` for every run folder `new_run_dir` creates inside the block (how an
+    experiment worker learns its job's run folder, to resume it if the worker dies)."""
+    token = _RUN_DIR_HOOK.set(callback)
+    try:
+        yield
+    finally:
+        _RUN_DIR_HOOK.reset(token)
+
+
 def new_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
     """Create and return a fresh, uniquely named run folder; an existing one is never reused."""
     runs_dir = Path(runs_dir)
@@ -57,9 +74,12 @@ def new_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
             candidate = runs_dir / (f"{stamp}_{_slug(name)}" + (f"_{i}" if i else ""))
             try:
                 candidate.mkdir()
-                return candidate
             except FileExistsError:
                 continue
+            hook = _RUN_DIR_HOOK.get()
+            if hook is not None:
+                hook(candidate)
+            return candidate
     except OSError as exc:
         raise VlmError(f"Cannot create a run folder in {runs_dir}: {exc.strerror}.") from None
     raise VlmError(f"Too many runs named '{name}' this second in {runs_dir}.")
@@ -84,6 +104,7 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=library_versions)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     status: str = "finished"
+    calibrated: dict[str, Any] | None = None  # `vlm calibrate`: temperature and the calibrated test metrics
     run_id: str = ""
     path: str = ""
 
@@ -162,18 +183,32 @@ def load_scores(record: RunRecord) -> np.ndarray:
 
 
 def load_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, status: str | None = "finished") -> list[RunRecord]:
-    """All run records under a runs folder, oldest first (unreadable folders are skipped)."""
+    """All run records under a runs folder, oldest first (unreadable folders are skipped).
+
+    One `os.scandir` of the folder and one read and parse per record (thousands of runs take about a
+    second); the status is checked before a RunRecord is built.
+    """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise VlmError(f"Runs folder {runs_dir} does not exist.")
+    with os.scandir(runs_dir) as entries:
+        names = sorted(entry.name for entry in entries if entry.is_dir())
     records = []
-    for record_path in sorted(runs_dir.glob(f"*/{RECORD_FILE}")):
+    for name in names:
+        folder = runs_dir / name
         try:
-            record = load_run(record_path)
-        except VlmError:
+            with open(folder / RECORD_FILE, "rb") as f:
+                data = json.loads(f.read())
+        except (OSError, ValueError):  # no record (yet), or not valid JSON
             continue
-        if status is None or record.status == status:
-            records.append(record)
+        if not isinstance(data, dict) or (status is not None and data.get("status", "finished") != status):
+            continue
+        try:
+            record = RunRecord.from_dict(data)
+        except TypeError:  # a JSON object that is not a record
+            continue
+        record.path = str(folder)
+        records.append(record)
     return records
 
 

@@ -18,7 +18,11 @@ import torch
 from vlm.data import Split, load_split
 from vlm.errors import VlmError
 from vlm.evaluate import Metrics, check_scores, evaluate
-from vlm.results import RunRecord, save_run
+from vlm.files import atomic_save_npy
+from vlm.results import RunRecord, new_run_dir, save_run
+
+LOGITS_FILE = "logits.npy"  # the scored split's logits (N, K), beside scores.npy
+VAL_LOGITS_FILE = "val_logits.npy"  # the validation split's logits of the same model (checkpoint, style)
 
 _TAGS: ContextVar[dict[str, Any]] = ContextVar("record_tags", default={})
 
@@ -51,12 +55,23 @@ def record_run(
     model: str,
     runs_dir: str | os.PathLike,
     run_dir: str | os.PathLike | None = None,
+    logits: torch.Tensor | None = None,
+    val_logits: torch.Tensor | None = None,
     **fields: Any,
 ) -> RunRecord:
-    """Write the run record and its scores (atomically, in a new run folder unless `run_dir` is given)."""
+    """Write the run record and its scores (atomically, in a new run folder unless `run_dir` is given).
+
+    `logits` (the scored split's) and `val_logits` (the validation split's, same model) go to
+    logits.npy and val_logits.npy beside scores.npy: what `vlm calibrate` fits a temperature on.
+    """
     fields["config"] = {**fields.get("config", {}), **_TAGS.get()}
     record = RunRecord(method=method, model=model, dataset=split.task.flag, size=split.size, split=split.split,
                        metrics=metrics.to_dict(), **fields)
+    if run_dir is None:
+        run_dir = new_run_dir(runs_dir, f"{record.dataset}_{record.method}_{record.model}")
+    for name, array in ((LOGITS_FILE, logits), (VAL_LOGITS_FILE, val_logits)):
+        if array is not None:
+            atomic_save_npy(Path(run_dir) / name, array.detach().float().cpu().numpy())
     save_run(record, scores.detach().float().cpu().numpy(), runs_dir, run_dir=run_dir)
     return record
 

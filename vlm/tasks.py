@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 from vlm.errors import VlmError
@@ -93,10 +97,22 @@ class TaskSpec:
 
 
 @lru_cache(maxsize=1)
-def _info() -> dict:
-    import medmnist
+def medmnist_info() -> ModuleType:
+    """The `medmnist.info` module (INFO, DEFAULT_ROOT), run from its file: `import medmnist.info` would run
+    medmnist's `__init__`, which imports torch, its dataset classes and its evaluator (sklearn, pandas)."""
+    if "medmnist.info" in sys.modules:
+        return sys.modules["medmnist.info"]
+    spec = importlib.util.find_spec("medmnist")
+    if spec is None or spec.origin is None:
+        raise VlmError("medmnist is not installed: pip install medmnist.")
+    info_spec = importlib.util.spec_from_file_location("_medmnist_info", Path(spec.origin).with_name("info.py"))
+    module = importlib.util.module_from_spec(info_spec)  # type: ignore[arg-type]
+    info_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
-    return medmnist.INFO
+
+def _info() -> dict:
+    return medmnist_info().INFO
 
 
 def all_tasks() -> list[TaskSpec]:

@@ -16,11 +16,20 @@ if TYPE_CHECKING:
 
 CSV_FIELDS = ("method", "published", "dataset", "size", "split", "column", "auc", "auc_lo", "auc_hi", "auc_std",
               "acc", "acc_lo", "acc_hi", "acc_std", "n_seeds", "n", "best_auc", "best_acc", "note", "run_ids")
+_NAMES = {"auc": "AUC", "acc": "ACC", "ece": "ECE", "brier": "Brier", "nll": "NLL"}
 PAIR_CSV_FIELDS = ("metric", "a", "b", "diff", "ci_lo", "ci_hi", "p_value", "rounds")
 
 
-def _csv_rows(table: ComparisonTable) -> list[list[Any]]:
+def csv_fields(metrics: tuple[str, ...] = ("auc", "acc")) -> tuple[str, ...]:
+    """CSV_FIELDS, with the value, CI, std and best flag of each further metric shown (ece, brier, nll)."""
+    extra = [m for m in metrics if m not in ("auc", "acc")]
+    return CSV_FIELDS + tuple(f"{m}{part}" for m in extra for part in ("", "_lo", "_hi", "_std")) + tuple(
+        f"best_{m}" for m in extra)
+
+
+def _csv_rows(table: ComparisonTable, metrics: tuple[str, ...]) -> list[list[Any]]:
     """Long format: one row per (method, column) with the numbers in separate fields."""
+    fields = csv_fields(metrics)
     rows = []
     for row in table.rows:
         for col in table.columns:
@@ -32,35 +41,39 @@ def _csv_rows(table: ComparisonTable) -> list[list[Any]]:
                                     "n_seeds": cell.n_seeds, "n": cell.n, "best_auc": cell.best_auc,
                                     "best_acc": cell.best_acc, "note": cell.note or "",
                                     "run_ids": " ".join(cell.run_ids)}
-            for metric in ("auc", "acc"):
+            for metric in ("auc", "acc", *metrics):
                 ci = getattr(cell, f"{metric}_ci")
                 line[metric] = getattr(cell, metric)
                 line[f"{metric}_lo"], line[f"{metric}_hi"] = ci if ci else ("", "")
                 line[f"{metric}_std"] = getattr(cell, f"{metric}_std")
-            rows.append([line[k] for k in CSV_FIELDS])
+                line[f"best_{metric}"] = getattr(cell, f"best_{metric}")
+            rows.append([line[k] for k in fields])
     return rows
 
 
-def comparison_output(table: ComparisonTable, title: str = "Comparison") -> Output:
-    """The comparison as data (`to_dict`), a rich table (best values starred, published rows dim italic,
-    the legend as caption), a Markdown table (best values bold) and a long-format CSV."""
+def comparison_output(table: ComparisonTable, title: str = "Comparison",
+                      metrics: tuple[str, ...] = ("auc", "acc")) -> Output:
+    """The comparison as data (`to_dict`), a rich table of `metrics` (best values starred, published rows dim
+    italic, the legend as caption), a Markdown table (best values bold) and a long-format CSV."""
     from vlm.compare import format_value, legend
 
-    cols = [Column("method", overflow="fold")] + [Column(f"{c.label}\n{m}", "right") for c in table.columns
-                                                  for m in ("AUC", "ACC")]
+    cols = [Column("method", overflow="fold")] + [Column(f"{c.label}\n{_NAMES[m]}", "right") for c in table.columns
+                                                  for m in metrics]
     rows: list[list[Cell]] = []
     for row in table.rows:
         values: list[Cell] = [Styled(row.label, style="italic" if row.published else "")]
         for col in table.columns:
             cell = table.cell(row, col)
             values += ["" if cell is None else Styled(format_value(cell, m), style="dim" if cell.published else "",
-                                                      best=getattr(cell, f"best_{m}")) for m in ("auc", "acc")]
+                                                      best=getattr(cell, f"best_{m}")) for m in metrics]
         rows.append(values)
-    caption = legend(table, best_mark="starred *") + "".join(f"\n{n}" for n in table.notes)
-    notes = "\n".join([legend(table), *(f"- {n}" for n in table.notes)])
+    lower = [_NAMES[m] for m in metrics if m in ("ece", "brier", "nll")]
+    lowest = f" (lowest {'/'.join(lower)})" if lower else ""
+    caption = legend(table, best_mark="starred *" + lowest) + "".join(f"\n{n}" for n in table.notes)
+    notes = "\n".join([legend(table, best_mark="in bold" + lowest), *(f"- {n}" for n in table.notes)])
     return Output(table.to_dict(), [Table(cols, rows, title=title, caption=caption, formats=("table",)),
                                     Table(cols, rows, caption=notes, formats=("markdown",)),
-                                    Table(columns(*CSV_FIELDS), _csv_rows(table), formats=("csv",))])
+                                    Table(columns(*csv_fields(metrics)), _csv_rows(table, metrics), formats=("csv",))])
 
 
 def to_markdown(table: ComparisonTable) -> str:
@@ -112,18 +125,24 @@ def compare_cmd(
         "--threshold", help="With --pair: decision threshold for binary/multi-label ACC \\[default: the runs' own].",
         show_default=False)] = None,
     data_root: DataRootOpt = None,
+    metrics: Annotated[Optional[str], typer.Option(
+        "--metrics", help="Comma list of the metrics shown: auc, acc, ece, brier, nll (lower is better for the last "
+                          "three) \\[default: auc,acc].", show_default=False)] = None,
 ) -> Output:
     """Compare runs head to head: one row per method, one column per dataset/size/split.
 
-    Cells show AUC and ACC with 95% bootstrap CIs (one run) or mean ± std over seeds; the best per
-    column is marked. Runs of different sizes or splits are never merged.
+    Cells show AUC and ACC (or the --metrics chosen) with 95% bootstrap CIs (one run) or mean ± std over
+    seeds; the best per column is marked. Runs of different sizes or splits are never merged.
 
     Example: [bold]vlm compare runs --dataset breastmnist --baselines medmnist --format markdown[/]
+    Example: [bold]vlm compare runs --metrics auc,acc,ece,brier[/]
     Example: [bold]vlm compare runs --pair RUN_A RUN_B --bootstrap 2000 --data-root ../shared/data/medmnist[/]
     """
     from vlm import compare
+    from vlm.compare_model import parse_metrics
     from vlm.results import load_runs
 
+    shown = parse_metrics(metrics)
     if pair:
         return pair_output(compare.pair_compare(pair[0], pair[1], bootstrap, seed, data_root=data_root,
                                                 runs_dir=runs_dir, threshold=threshold))
@@ -143,4 +162,4 @@ def compare_cmd(
             present = sorted({r.dataset for r in records})
             raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
     table = compare.comparison_table(records, dataset, baselines=baselines or False)
-    return comparison_output(table, title=f"Comparison of runs in {runs_dir}")
+    return comparison_output(table, title=f"Comparison of runs in {runs_dir}", metrics=shown)

@@ -24,6 +24,19 @@ def run_cmd(
         "--device", help="auto, cpu or cuda \\[default: the file's device, else auto].", show_default=False)] = None,
     cache_dir: CacheDirOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the jobs still to run and stop.")] = False,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", help="Jobs at once: N worker processes here (one GPU each when there are GPUs, else the CPU "
+                          "cores shared), or N tasks of --launcher local \\[default: the file's launch.workers, "
+                          "else 1].", show_default=False)] = None,
+    launcher: Annotated[Optional[str], typer.Option(
+        "--launcher", help="Run the jobs through submitit: slurm (a job array) or local.", show_default=False)] = None,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="SLURM partition.", show_default=False)] = None,
+    gpus_per_job: Annotated[Optional[int], typer.Option(
+        "--gpus-per-job", help="GPUs per SLURM task \\[default: 1].", show_default=False)] = None,
+    time_limit: Annotated[Optional[int], typer.Option(
+        "--time", help="Minutes per job (the SLURM time limit) \\[default: 60].", show_default=False)] = None,
+    array_parallelism: Annotated[Optional[int], typer.Option(
+        "--array-parallelism", help="SLURM array tasks at once \\[default: 16].", show_default=False)] = None,
     fmt: FormatOpt = "table",
 ) -> Output:
     """Run every job of an experiment file that has no finished record yet.
@@ -31,17 +44,25 @@ def run_cmd(
     A job is (method, dataset, size, seed); its key is stored in each record, so an interrupted
     matrix resumes where it stopped. Afterwards: `vlm compare RUNS_DIR --baselines medmnist`.
 
-    Example: [bold]vlm run experiments/breast_vessel.yaml --data-root ../shared/data/medmnist[/]
+    Jobs are claimed through files in RUNS_DIR/.claims, so workers and separate `vlm run` calls never run
+    a job twice, and a job whose worker died runs again (resuming its last.pt). A failed job does not
+    stop the others; its log is in RUNS_DIR/logs and the exit code is 1.
+
+    Example: [bold]vlm run experiments/breast_vessel.yaml --data-root ../shared/data/medmnist --workers 2[/]
     """
-    from vlm.experiments import load_experiment, pending_jobs, run_job
+    from vlm.experiments import load_experiment, pending_jobs
+    from vlm.launch import run_matrix
 
     exp = load_experiment(experiment)
+    settings = exp.launch.merged(workers=workers, launcher=launcher, partition=partition, gpus_per_job=gpus_per_job,
+                                 time=time_limit, array_parallelism=array_parallelism)
     folder = runs_dir or exp.runs_dir or Path("runs") / exp.name
     root = data_root or exp.data_root
     jobs = exp.jobs()
     todo = pending_jobs(exp, folder)
     summary = {"experiment": exp.name, "runs_dir": str(folder), "jobs": len(jobs), "skipped": len(jobs) - len(todo),
-               "ran": [] if dry_run else [j.label for j in todo], "pending": [j.label for j in todo] if dry_run else []}
+               "ran": [], "pending": [j.label for j in todo] if dry_run else [], "failed": [], "left": [],
+               "problems": []}
     if not dry_run and todo:
         from vlm.commands.progress import job_progress
 
@@ -50,14 +71,26 @@ def run_cmd(
                       f"-> {folder}", highlight=False)
         with job_progress(console) as bar:
             overall = bar.add_task("experiment", total=len(todo))
-            for job in todo:
-                bar.update(overall, description=escape(job.label))
-                run_job(job, runs_dir=folder, data_root=root, device=device or exp.device, cache_dir=cache_dir)
-                bar.advance(overall)
+
+            def show(status) -> None:
+                running = "".join(f"\n  [dim]{escape(label)}[/]" for label in status.running)
+                bar.update(overall, completed=len(status.done) + len(status.failed), description=(
+                    f"done {len(status.done)} · running {len(status.running)} · failed {len(status.failed)} · "
+                    f"left {len(status.left)}{running}"))
+
+            _, status = run_matrix(exp, runs_dir=folder, data_root=root, device=device or exp.device,
+                                   cache_dir=cache_dir, settings=settings, on_status=show)
+        summary.update(ran=status.done, left=status.left, problems=status.problems,
+                       failed=[{"job": f.job, "log": f.log, "error": f.error} for f in status.failed])
     verb = "to run" if dry_run else "ran"
     listed = summary["pending"] if dry_run else summary["ran"]
     blocks = [Line(f"{escape(exp.name)}: {len(jobs)} jobs, {summary['skipped']} already finished, {len(listed)} {verb}"
                    + "".join(f"\n  {escape(label)}" for label in listed))]
+    blocks += [Line(f"[red]failed[/] {escape(f['job'])}: {escape(str(f['error']))}\n  log: {escape(str(f['log']))}")
+               for f in summary["failed"]]
+    blocks += [Line(f"[yellow]not run[/] {escape(label)} (its worker stopped; `vlm run` again continues it)")
+               for label in summary["left"]]
+    blocks += [Line(f"[red]launcher[/] {escape(problem)}") for problem in summary["problems"]]
     if not dry_run:
         blocks.append(Line(f"compare: [bold]vlm compare {escape(str(folder))} --baselines medmnist[/]"))
-    return Output(summary, blocks)
+    return Output(summary, blocks, exit_code=1 if summary["failed"] or summary["left"] else 0)

@@ -1,4 +1,4 @@
-"""`vlm plot roc|confusion|styles|montage|embeddings|fewshot`."""
+"""`vlm plot roc|confusion|reliability|robustness|styles|montage|embeddings|fewshot`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from vlm.commands.output import Line, Output
 from vlm.errors import VlmError
 
 plot_app = typer.Typer(cls=VlmGroup, no_args_is_help=True,
-                       help="Figures (PNG or SVG by file suffix): ROC curves, confusion matrices, prompt styles, "
-                            "data montages, embedding scatters, few-shot curves.")
+                       help="Figures (PNG or SVG by file suffix): ROC curves, confusion matrices, reliability "
+                            "diagrams, MedMNIST-C robustness, prompt styles, data montages, embedding scatters, "
+                            "few-shot curves.")
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Figure file to write: .png or .svg (written atomically).")]
 
 
@@ -78,6 +79,49 @@ def plot_confusion_cmd(
     from vlm.plots import confusion_figure
 
     return _wrote(confusion_figure(resolve_run(run, runs_dir), out_file))
+
+
+@plot_app.command("reliability")
+@command
+def plot_reliability_cmd(
+    source: Annotated[str, typer.Argument(metavar="RUN_OR_SCORES", help="Run id in --runs-dir, a run folder, or a "
+                                                                        "scores .npy file (with --dataset).")],
+    out_file: OutOpt,
+    runs_dir: RunsDirOpt = Path("runs"),
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="Scores file: the dataset flag of its labels.", show_default=False)] = None,
+    split: SplitOpt = "test",
+    size: SizeOpt = 28,
+    data_root: DataRootOpt = None,
+) -> Output:
+    """Reliability diagram of a run or a scores file: top-label accuracy against confidence (15 bins), ECE in the
+    title; a calibrated run is drawn before and after temperature scaling.
+
+    Example: [bold]vlm plot reliability 20250101-120000_breastmnist_train_resnet18 --out reliability.png[/]
+    """
+    from vlm.plots.reliability import reliability_figure
+
+    return _wrote(reliability_figure(source, out_file, runs_dir=runs_dir, data_root=data_root, dataset=dataset,
+                                     split=split, size=size))
+
+
+@plot_app.command("robustness")
+@command
+def plot_robustness_cmd(
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Runs scored by `vlm robustness` (run ids in "
+                                                                     "--runs-dir, run folders or robustness.json files); "
+                                                                     "one panel each.")],
+    out_file: OutOpt,
+    runs_dir: RunsDirOpt = Path("runs"),
+    metric: Annotated[str, typer.Option("--metric", help="auc, acc or ece against severity.")] = "auc",
+) -> Output:
+    """MedMNIST-C robustness: AUC (or --metric) against severity, one line per corruption, one panel per run.
+
+    Example: [bold]vlm plot robustness RUN_A RUN_B --out robustness.png[/]
+    """
+    from vlm.plots.robustness import robustness_figure
+
+    return _wrote(robustness_figure(runs, out_file, runs_dir=runs_dir, metric=metric.lower()))
 
 
 @plot_app.command("styles")

@@ -11,7 +11,7 @@ from rich.markup import escape
 from vlm.commands.common import FlagArg, SizeOpt, VlmGroup, command
 from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, ScoringOptions, StyleOpt, WeightsOpt
 from vlm.commands.encoder_options import EnsembleOpt, encoder_kwargs
-from vlm.commands.output import Block, FormatOpt, Line, Output, Styled, Table, columns, status_console
+from vlm.commands.output import Block, FormatOpt, Line, Output, Styled, Table, columns, emit, err, status_console
 from vlm.commands.views import metric_cells
 from vlm.errors import VlmError
 
@@ -133,19 +133,23 @@ def prompts_compare(
     split: Annotated[str, typer.Option("--split", help="Split to rank on; keep val for model selection "
                                                        "(score test once with `vlm zero-shot`).")] = "val",
     size: SizeOpt = 28,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep the model and caches in memory and rank again each "
+                                                        "time one of the prompt files is saved (Ctrl-C ends).")] = False,
     *,
     encode: EncodeOptions,
     scoring: ScoringOptions,
     fmt: FormatOpt = "table",
-) -> Output:
+) -> Output | None:
     """Rank every style of every prompt file by zero-shot AUC on the val split (best first).
 
-    Images are encoded once (and cached); nothing is recorded.
+    Images are encoded once (and cached), prompts too; nothing is recorded. With --watch the ranking is
+    shown again after every save of a prompt file; a file that does not parse prints its error and the
+    watch goes on.
 
     Example: [bold]vlm prompts compare breastmnist --model biomedclip --prompts prompts/breastmnist.yaml mine.yaml[/]
     """
     from vlm.commands.progress import encode_progress
-    from vlm.zeroshot import compare_prompts
+    from vlm.zeroshot import prompt_ranker
 
     files = [*(prompts or []), *(more or [])]
     if not files:
@@ -154,8 +158,28 @@ def prompts_compare(
         files = [shipped_prompt_file(flag)]
     progress, callback = encode_progress(status_console(fmt), f"encoding {flag} {split}")
     with progress:
-        rows = compare_prompts(flag, model, files, weights=weights, split=split, size=size, progress=callback,
-                               ensemble=ensemble, **encoder_kwargs(encode, scoring))
+        ranker = prompt_ranker(flag, model, () if watch else files, weights=weights, split=split, size=size,
+                               progress=callback, ensemble=ensemble, **encoder_kwargs(encode, scoring))
+    if not watch:
+        return ranking_output(ranker.rank(files), flag, model, split, size)
+    from vlm.watch import watch_rankings
+
+    status = status_console(fmt)
+    names = ", ".join(Path(f).name for f in files)
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        emit(ranking_output(rows, flag, model, split, size), fmt)
+        status.print(f"[dim]watching {escape(names)} · Ctrl-C ends[/]", highlight=False)
+
+    def error(exc: VlmError) -> None:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+    watch_rankings(ranker, files, show, error)
+    return None
+
+
+def ranking_output(rows: list[dict[str, Any]], flag: str, model: str, split: str, size: int) -> Output:
+    """The Output of one `compare_prompts` ranking: its JSON object and the ranked table."""
     names = ("#", "file", "style", "#prompts", "AUC [95% CI]", "ACC [95% CI]", "bal. ACC")
     table = Table(columns(*names, right=("#", "#prompts", *names[4:])),
                   [[str(r["rank"]), Path(r["prompts"]).name, r["style"], str(r["n_prompts"]), *metric_cells(r)]

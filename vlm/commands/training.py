@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from vlm.commands.calibrate import CalibrateOpt, calibrate_after
 from vlm.commands.common import given, command
 from vlm.commands.output import FormatOpt, Output, Table, columns
 from vlm.commands.training_options import ImageSizeOpt, Recipe, RunControl, RunPlace, TrainFlagArg, TrainSizeOpt
@@ -54,6 +55,7 @@ def train_cmd(
         "--model-opt", help="Architecture option KEY=VALUE, repeatable (e.g. slice_axis=1, head=mean, in_chans=1).",
         show_default=False)] = None,
     place: RunPlace,
+    calibrate: CalibrateOpt = None,
     fmt: FormatOpt = "table",
 ) -> Output:
     """Train a transfer model (2D or 3D) on a dataset: best epoch by val AUC, test scored once.
@@ -68,8 +70,10 @@ def train_cmd(
     Example: [bold]vlm train pathmnist --model medmnist-resnet18 --image-size 224 --recipe medmnist[/]
     Example: [bold]vlm train --resume runs/20250101-120000_breastmnist_train_small-cnn[/]
     """
+    from vlm.calibrate import check_calibration
     from vlm.training import TrainConfig, parse_model_opts, train
 
+    check_calibration(calibrate)
     opts = {**config_options(recipe, control, augment_3d=augment_3d, shape_transform=shape_transform,
                              image_size=image_size, interpolation=interpolation), **given(recipe=recipe_name)}
     model_opts = parse_model_opts(model_opt) if model_opt else None
@@ -83,7 +87,8 @@ def train_cmd(
                                 pretrained=pretrained, model_opts=model_opts, data_root=place.data_root,
                                 download=place.download, runs_dir=place.runs_dir, log=place.log or (), progress=bar))
     rec = result.record
-    return training_output(result, f"{rec.dataset} · test · {rec.size}px · {rec.model} (trained)")
+    return calibrate_after(training_output(result, f"{rec.dataset} · test · {rec.size}px · {rec.model} (trained)"),
+                           result.run_dir, calibrate, place.data_root)
 
 
 @command
@@ -125,6 +130,7 @@ def finetune_cmd(
     recipe: Recipe,
     control: RunControl,
     place: RunPlace,
+    calibrate: CalibrateOpt = None,
     fmt: FormatOpt = "table",
 ) -> Output:
     """Vision-only fine-tuning of an image encoder with a linear head: linear-probe, knn, full or zs-init.
@@ -136,8 +142,10 @@ def finetune_cmd(
     Example: [bold]vlm finetune breastmnist --model tf_efficientnet_lite0 --weights ../shared/weights/tf_efficientnet_lite0.safetensors --mode linear-probe[/]
     Example: [bold]vlm finetune breastmnist --model biomedclip --mode zs-init --style clip --epochs 5[/]
     """
+    from vlm.calibrate import check_calibration
     from vlm.finetune import finetune, finetune_config
 
+    check_calibration(calibrate)
     opts = config_options(recipe, control, image_size=image_size)
     k_value: Any = None if k is None else (k if k == "auto" else _int_or_error("--k", k))
     extra = given(k=k_value, knn_weighting=knn_weighting, style=style, prompts=str(prompts) if prompts else None,
@@ -152,7 +160,8 @@ def finetune_cmd(
                                    download=place.download, runs_dir=place.runs_dir, log=place.log or (),
                                    progress=bar, embed_progress=bar.embed, **extra))
     rec = result.record
-    return training_output(result, f"{rec.dataset} · test · {rec.size}px · {rec.model} ({rec.method})")
+    title = f"{rec.dataset} · test · {rec.size}px · {rec.model} ({rec.method})"
+    return calibrate_after(training_output(result, title), result.run_dir, calibrate, place.data_root)
 
 
 def _int_or_error(name: str, value: str) -> int:
@@ -169,11 +178,11 @@ def models_cmd() -> Output:
 
     Example: [bold]vlm models --json[/]
     """
-    from models import list_models
-    from vlm.encoders import list_aliases
+    from models.catalog import CATALOG  # the registry's names without importing torch/timm
+    from vlm.encoders.aliases import list_aliases
 
     rows = [{"name": e.name + (":" if e.is_prefix else ""), "dims": e.dims, "description": e.description}
-            for e in list_models()]
+            for e in CATALOG]
     aliases = list_aliases()
     recipes = [{**r.describe(), "options": dict(r.options), "options_3d": dict(r.options_3d)} for r in RECIPES.values()]
     data = {"models": rows, "timm_fallback": "any timm 2D model name (e.g. resnet50, tf_efficientnet_lite0)",

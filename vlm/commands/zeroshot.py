@@ -8,11 +8,12 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
+from vlm.commands.calibrate import CalibrateOpt, calibration_table
 from vlm.commands.common import FlagArg, RunsDirOpt, SizeOpt, SplitOpt, command
 from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, ScoringOptions, WeightsOpt
 from vlm.commands.encoder_options import EnsembleOpt, encoder_kwargs
 from vlm.commands.output import FormatOpt, Line, Output, Table, columns, status_console
-from vlm.commands.views import METRIC_COLUMNS, metric_cells
+from vlm.commands.views import CALIBRATION_COLUMNS, METRIC_COLUMNS, calibration_cells, metric_cells
 
 
 def _per_class_cell(result: dict[str, Any]) -> str:
@@ -21,9 +22,11 @@ def _per_class_cell(result: dict[str, Any]) -> str:
 
 
 def zero_shot_table(results: list[dict[str, Any]], title: str) -> Table:
-    """One row per prompt style: AUC/ACC with CIs, balanced ACC, per-class ACC and n."""
-    return Table(columns("style", *METRIC_COLUMNS, "per-class ACC", "n", right=(*METRIC_COLUMNS, "n")),
-                 [[str(r.get("style", "")), *metric_cells(r), _per_class_cell(r), str(r["n"])] for r in results],
+    """One row per prompt style: AUC/ACC with CIs, balanced ACC, ECE/Brier with CIs, per-class ACC and n."""
+    numbers = (*METRIC_COLUMNS, *CALIBRATION_COLUMNS)
+    return Table(columns("style", *numbers, "per-class ACC", "n", right=(*numbers, "n")),
+                 [[str(r.get("style", "")), *metric_cells(r), *calibration_cells(r), _per_class_cell(r), str(r["n"])]
+                  for r in results],
                  title=title, show_lines=True)
 
 
@@ -47,6 +50,7 @@ def zero_shot_cmd(
     encode: EncodeOptions,
     runs_dir: RunsDirOpt = Path("runs"),
     scoring: ScoringOptions,
+    calibrate: CalibrateOpt = None,
     fmt: FormatOpt = "table",
 ) -> Output:
     """Zero-shot classification of a split with a vision-language encoder and a prompt-set file.
@@ -67,7 +71,7 @@ def zero_shot_cmd(
     with progress:
         results = run_zero_shot(flag, model, weights=weights, prompts=prompts, styles=style, split=split, size=size,
                                 runs_dir=runs_dir, progress=callback, save_scores=save_scores, ensemble=ensemble,
-                                **encoder_kwargs(encode, scoring))
+                                calibrate=calibrate, **encoder_kwargs(encode, scoring))
     first = results[0]
     data = {"dataset": flag.lower(), "model": model, "encoder": first["model"], "weights_id": first["weights_id"],
             "split": split, "size": size, "images_encoded": first["images_encoded"], "selection": first["selection"],
@@ -86,6 +90,8 @@ def zero_shot_cmd(
     elif selection:
         blocks.append(Line("several styles scored on test: pick a style on val (--style best) before reading "
                            "a best one off this table", soft_wrap=True))
+    if calibrate:
+        blocks.insert(1, calibration_table([(r["style"], r, r["calibrated"]) for r in results]))
     for r in results:
         tag = escape("[" + r["style"] + "]")
         if r.get("run_dir"):

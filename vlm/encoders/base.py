@@ -1,4 +1,4 @@
-"""The encoder interface, the alias table, the backend registry, name resolution and `load_encoder`.
+"""The encoder interface, the backend registry, name resolution and `load_encoder` (aliases: `aliases`).
 
 Backends (`vlm.encoders.open_clip`, `.hf_clip`, `.timm`) register themselves with `register_backend`
 when the package is imported; nothing here imports a backend or its library.
@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from vlm.encoders.aliases import ALIASES, EncoderAlias, list_aliases  # noqa: F401 - re-exported
 from vlm.encoders.checkpoints import check_weights_file
 from vlm.encoders.hub import OPEN_CLIP_CONFIG
 from vlm.errors import VlmError
@@ -51,54 +52,6 @@ RANDOM_INIT = "random-init"
 TEXT_BATCH = 256  # texts per tokenizer/text-tower call
 
 
-# ----------------------------------------------------------------------------- aliases
-@dataclass(frozen=True)
-class EncoderAlias:
-    """A short name for a well-known encoder."""
-
-    name: str
-    backend: str  # "open_clip" | "transformers" | "timm" | "medclip"
-    target: str  # what load_encoder resolves it to
-    description: str
-    text_model: str | None = None  # HF text model an open_clip config names (needed offline in FOLDER/text/)
-
-
-ALIASES: dict[str, EncoderAlias] = {
-    a.name: a
-    for a in (
-        EncoderAlias("biomedclip", "open_clip", "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-                     "BiomedCLIP: ViT-B/16 + PubMedBERT text tower, trained on PMC-15M figure-caption pairs (224 px)",
-                     text_model="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"),
-        EncoderAlias("clip-vit-b-32", "open_clip", "ViT-B-32:openai",
-                     "OpenAI CLIP ViT-B/32 (open_clip, QuickGELU, 224 px)"),
-        EncoderAlias("clip-vit-b-16", "open_clip", "ViT-B-16:openai",
-                     "OpenAI CLIP ViT-B/16 (open_clip, QuickGELU, 224 px)"),
-        EncoderAlias("clip-vit-b-32-laion", "open_clip", "ViT-B-32:laion2b_s34b_b79k",
-                     "LAION-2B CLIP ViT-B/32 (open_clip, 224 px)"),
-        EncoderAlias("clip-vit-b-32-hf", "transformers", "openai/clip-vit-base-patch32",
-                     "OpenAI CLIP ViT-B/32 (transformers CLIPModel, 224 px)"),
-        EncoderAlias("plip", "transformers", "vinid/plip",
-                     "PLIP: CLIP ViT-B/32 fine-tuned on OpenPath pathology image-text pairs (transformers)"),
-        EncoderAlias("pubmedclip", "transformers", "flaviagiammarino/pubmed-clip-vit-base-patch32",
-                     "PubMedCLIP: CLIP ViT-B/32 fine-tuned on ROCO radiology image-caption pairs (transformers)"),
-        EncoderAlias("quiltnet", "open_clip", "hf-hub:wisdomik/QuiltNet-B-32",
-                     "QuiltNet: CLIP ViT-B/32 fine-tuned on Quilt-1M histopathology video frames (open_clip)"),
-        EncoderAlias("medclip-vit", "medclip", "vit",
-                     "MedCLIP-ViT: Swin-tiny + Bio_ClinicalBERT, trained on MIMIC-CXR/CheXpert (local folder: "
-                     "--weights FOLDER, see vlm.encoders.medclip)"),
-        EncoderAlias("medclip-resnet", "medclip", "resnet",
-                     "MedCLIP-ResNet: ResNet-50 + Bio_ClinicalBERT, trained on MIMIC-CXR/CheXpert (local folder: "
-                     "--weights FOLDER, see vlm.encoders.medclip)"),
-    )
-}
-
-
-def list_aliases() -> list[dict[str, str]]:
-    """The alias table as plain rows (name, backend, target, description)."""
-    return [{"name": a.name, "backend": a.backend, "target": a.target, "description": a.description}
-            for a in ALIASES.values()]
-
-
 # ----------------------------------------------------------------------------- the interface
 class Encoder(ABC):
     """An image encoder, with a text encoder when `has_text`.
@@ -106,11 +59,14 @@ class Encoder(ABC):
     Attributes: `id` (stable string naming the architecture/source), `weights_id` (sha256 prefix of the
     weights file, or the pretrained tag / hub id), `preprocess` (the model's own preprocessing as a
     `vlm.preprocess.Preprocess`), `embed_dim`, `logit_scale` (the model's own, exp'd; 1.0 for
-    image-only models), `device`, `has_text`, `name` (what the user asked for), `backend`.
+    image-only models), `device`, `has_text`, `name` (what the user asked for), `backend`, and for the text
+    side `text_id` (the tokenizer and its settings; "" = text embeddings are not cached) and `context_length`.
     """
 
     backend: str = ""
     has_text: bool = True
+    text_id: str = ""
+    context_length: int | None = None
 
     def __init__(self, *, id: str, weights_id: str, preprocess: Preprocess, embed_dim: int, logit_scale: float,
                  device: torch.device, name: str = "", description: str = "") -> None:
@@ -202,7 +158,8 @@ class Backend:
     (`timm:NAME`). `rules` are `(rank, matches)` pairs tried with every backend's rules in rank order (see
     the module docstring). `names()` lists architecture names suggested in "Unknown model" errors.
     `weights_as_tag(target, weights)` lets a `--weights` value that is no file name pretrained weights: it
-    returns the new target, or None.
+    returns the new target, or None. `lazy_load` (same arguments) returns an encoder whose ids, preprocessing
+    and logit scale come from config files and whose towers are built on first use.
     """
 
     name: str
@@ -211,6 +168,7 @@ class Backend:
     rules: tuple[tuple[int, Matcher], ...] = ()
     names: Callable[[], list[str]] | None = None
     weights_as_tag: Callable[[str, str], "str | None"] | None = None
+    lazy_load: Loader | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -281,8 +239,12 @@ def unknown_model_message(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- the factory
-def load_encoder(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Encoder:
+def load_encoder(name: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                 lazy: bool = False) -> Encoder:
     """Load an encoder by alias or name, optionally with a local weights file, on a device.
+
+    `lazy=True` defers building the model to its first use where the backend can (open_clip, transformers):
+    an encoder whose embeddings all come from caches then never builds a tower.
 
     `weights=FILE` (a state dict saved with `torch.save`, or a `.safetensors` file) replaces the weights
     that the name would bring; for an open_clip architecture `weights` may also be a pretrained tag
@@ -299,4 +261,5 @@ def load_encoder(name: str, weights: str | os.PathLike | None = None, device: st
         if target is not None:
             resolved, weights = Resolved(resolved.backend, target, resolved.alias), None
     weights_path = check_weights_file(weights)
-    return backend.load(resolved.target, weights_path, resolve_device(device), resolved.alias)
+    load = backend.lazy_load if lazy and backend.lazy_load is not None else backend.load
+    return load(resolved.target, weights_path, resolve_device(device), resolved.alias)

@@ -20,6 +20,7 @@ Offline layouts (nothing here downloads when `HF_HUB_OFFLINE=1`; a failed fetch 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +30,8 @@ from vlm.errors import VlmError, exception_summary
 
 TEXT_SUBDIR = "text"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model")
 
 
 def hub_offline() -> bool:
@@ -124,8 +127,7 @@ def localize_text_config(text_cfg: dict[str, Any], folder: str | os.PathLike, re
             f"tokenizer_config.json, special_tokens_map.json or tokenizer.json; no weights needed) in "
             f"{folder / TEXT_SUBDIR}/ (e.g. `huggingface-cli download {ref} config.json vocab.txt tokenizer_config.json "
             f"special_tokens_map.json --local-dir {folder / TEXT_SUBDIR}`).")
-    tokenizer_files = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json", "spiece.model",
-                       "sentencepiece.bpe.model")
+    tokenizer_files = [f for f in TOKENIZER_FILES if f not in ("merges.txt", "special_tokens_map.json")]
     if tok_name and not any((local / f).is_file() for f in tokenizer_files):
         raise VlmError(f"{local} has the text model's config.json but no tokenizer files ({', '.join(tokenizer_files[:4])}"
                        f"...): copy the tokenizer of '{tok_name}' there too.")
@@ -135,6 +137,14 @@ def localize_text_config(text_cfg: dict[str, Any], folder: str | os.PathLike, re
         out["hf_tokenizer_name"] = str(local)
     out["hf_model_pretrained"] = False
     return out
+
+
+def tokenizer_files_id(folder: str | os.PathLike) -> str:
+    """A digest of the tokenizer files in a folder ("" when it holds none): part of a text-cache key."""
+    files = sorted(p for p in (Path(folder) / f for f in TOKENIZER_FILES) if p.is_file())
+    if not files:
+        return ""
+    return hashlib.sha256(b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in files)).hexdigest()[:16]
 
 
 def fetch_open_clip_hub(repo: str, text_model: str | None = None) -> tuple[Path, Path]:

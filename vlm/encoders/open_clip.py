@@ -1,25 +1,24 @@
 """The open_clip backend: built-in architectures (with pretrained tags), `hf-hub:` repos and `local-dir:` folders.
 
 open_clip is imported inside the functions that need it. A model is always built without weights (no
-hub access) and its checkpoint loaded here, so that a file that does not fit gets a clear error.
+hub access) and its checkpoint loaded here, so that a file that does not fit gets a clear error. What to
+build (the plan) and what a model is before it is built come from `vlm.encoders.open_clip_plan`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import logging
-import re
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
+from models.errors import ModelError
+from models.weights import read_tensor
 from vlm.encoders.base import (
-    RANDOM_INIT,
     TEXT_BATCH,
     Backend,
     Encoder,
@@ -27,45 +26,90 @@ from vlm.encoders.base import (
     per_channel,
     register_backend,
     square_size,
-    unknown_model_message,
 )
-from vlm.encoders.checkpoints import mismatch_message, read_weights, weights_file_id
-from vlm.encoders.hub import (
-    OPEN_CLIP_CONFIG,
-    TEXT_SUBDIR,
-    fetch_open_clip_hub,
-    fetch_tag_weights,
-    localize_text_config,
-    offline_reason,
+from vlm.encoders.checkpoints import mismatch_message, read_weights
+from vlm.encoders.hub import OPEN_CLIP_CONFIG, TEXT_SUBDIR, offline_reason
+from vlm.encoders.open_clip_plan import (
+    PREPROCESS_DEFAULTS,
+    Plan,
+    build_text_tower,
+    context_length,
+    parse_model_name,
+    plan_architecture,
+    plan_folder,
+    preprocess_cfg,
+    text_id,
 )
 from vlm.errors import VlmError, exception_summary
 from vlm.preprocess import Preprocess
 
 
 class OpenClipEncoder(Encoder):
-    """An open_clip CLIP model: `encode_image` / `encode_text` with its own tokenizer."""
+    """An open_clip CLIP model: `encode_image` / `encode_text` with its own tokenizer.
+
+    A lazy encoder (`load_encoder(..., lazy=True)`) builds the model on the first image or `model` use, and
+    for texts only the text tower (open_clip's own, with the checkpoint's text weights) until then.
+    """
 
     backend = "open_clip"
 
-    def __init__(self, model: nn.Module, tokenizer: Any, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module | None, tokenizer: Any, plan: Plan | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.model = model
-        self.tokenizer = tokenizer
+        self._model = model
+        self._tokenizer = tokenizer
+        self._plan = plan
+        self._text_tower: nn.Module | None = None
+        if plan is not None:
+            self.text_id, self.context_length = text_id(plan), context_length(plan)
+
+    @property
+    def model(self) -> nn.Module:
+        """The whole open_clip model (built now if the encoder is lazy and has not built it yet)."""
+        if self._model is None:
+            assert self._plan is not None
+            self._model = _build(self._plan, self.name, self.device)
+            self._text_tower = None
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            assert self._plan is not None
+            self._tokenizer = _tokenizer(self._plan.create_name, self._plan.model_cfg, self._plan.text_cfg, self.name)
+        return self._tokenizer
 
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(x)
 
+    def _text_encoder(self) -> Any:
+        """`model.encode_text`, or the text tower alone while a lazy encoder has built no model."""
+        if self._model is None and self._text_tower is None and self._plan is not None:
+            tower = build_text_tower(self._plan)
+            self._text_tower = tower.to(self.device) if tower is not None else None
+        if self._model is None and self._text_tower is not None:
+            return functools.partial(_tower_features, self._text_tower)
+        return self.model.encode_text
+
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         texts = list(texts)
+        if not texts:
+            return torch.empty(0, self.embed_dim, device=self.device)
+        encode = self._text_encoder()
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), TEXT_BATCH):
                 tokens = self.tokenizer(texts[i:i + TEXT_BATCH]).to(self.device)
-                out.append(self.model.encode_text(tokens).float())
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
+                out.append(encode(tokens).float())
+        return torch.cat(out)
 
     def image_tower(self) -> nn.Module:
         return self.model.visual
+
+
+def _tower_features(tower: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """A text tower's pooled features (towers built with `output_tokens` also return the tokens)."""
+    out = tower(tokens)
+    return out[0] if isinstance(out, tuple) else out
 
 
 # ----------------------------------------------------------------------------- names
@@ -103,128 +147,61 @@ def _weights_as_tag(target: str, weights: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- loading
-def _folder_model_cfg(folder: Path) -> dict[str, Any]:
-    """The `model_cfg` of an hf-hub snapshot or local-dir folder's open_clip_config.json."""
-    config_file = folder / OPEN_CLIP_CONFIG
-    if not config_file.is_file():
-        raise VlmError(f"{folder} has no {OPEN_CLIP_CONFIG}: a local-dir: folder needs {OPEN_CLIP_CONFIG} and "
-                       f"open_clip_pytorch_model.bin (or open_clip_model.safetensors).")
-    try:
-        return json.loads(config_file.read_text())["model_cfg"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise VlmError(f"{config_file} is not an open_clip config with a 'model_cfg' entry "
-                       f"({exception_summary(exc)}).") from None
-
-
-@dataclass
-class _Plan:
-    """What to build and load for one target: open_clip's model name and kwargs, checkpoint and ids."""
-
-    create_name: str
-    enc_id: str
-    ckpt: Path | None
-    weights_id: str
-    model_cfg: dict[str, Any]
-    create_kwargs: dict[str, Any] = field(default_factory=dict)
-    text_cfg: dict[str, Any] | None = None  # an HF text tower's (localised) text_cfg, for its tokenizer
-
-
-def _plan_folder(schema: str, ident: str, weights: Path | None, alias: EncoderAlias | None) -> _Plan:
-    """`hf-hub:ORG/REPO` (from the HF cache or the hub) or `local-dir:FOLDER`."""
-    from open_clip.factory import _find_checkpoint_in_dir
-
-    ckpt, weights_id = weights, weights_file_id(weights) if weights else RANDOM_INIT
-    if schema == "hf-hub":
-        folder, hub_weights = fetch_open_clip_hub(ident, alias.text_model if alias else None)
-        rev = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else ""
-        enc_id = f"open_clip:hf-hub:{ident}"
-        if ckpt is None:
-            ckpt, weights_id = hub_weights, f"hf-hub:{ident}" + (f"@{rev[:12]}" if rev else "")
-    else:
-        folder = Path(ident).expanduser()
-        if not folder.is_dir():
-            raise VlmError(f"local-dir:{folder}: folder not found.")
-        enc_id = f"open_clip:local-dir:{folder.resolve().name}"
-    model_cfg = _folder_model_cfg(folder)
-    if ckpt is None:
-        found = _find_checkpoint_in_dir(folder)
-        if not found:
-            raise VlmError(f"No weights in {folder}: put open_clip_pytorch_model.bin or open_clip_model.safetensors "
-                           f"(the CLIP checkpoint) next to {OPEN_CLIP_CONFIG}, or pass --weights FILE.")
-        ckpt = Path(found)
-        weights_id = weights_file_id(ckpt)
-    text_cfg = localize_text_config(model_cfg.get("text_cfg", {}), folder, required=schema == "local-dir")
-    if text_cfg.get("hf_model_name"):
-        text_cfg["hf_model_pretrained"] = False
-    return _Plan(f"local-dir:{folder}", enc_id, ckpt, weights_id, model_cfg, {"text_cfg": text_cfg}, text_cfg)
-
-
-def _plan_architecture(ident: str, weights: Path | None) -> _Plan:
-    """A built-in architecture, `ARCH` or `ARCH:TAG` (the tag's weights unless `weights` is given)."""
-    import open_clip
-    from open_clip.pretrained import get_pretrained_cfg
-
-    arch, _, tag = ident.partition(":")
-    arch = arch.replace("/", "-")
-    if arch not in open_clip.list_models():
-        raise VlmError(unknown_model_message(ident))
-    ckpt, weights_id = weights, weights_file_id(weights) if weights else RANDOM_INIT
-    create_kwargs: dict[str, Any] = {}
-    if tag:
-        tag_cfg = get_pretrained_cfg(arch, tag)
-        if not tag_cfg:
-            tags = open_clip.list_pretrained_tags_by_model(arch)
-            raise VlmError(f"Unknown pretrained tag '{tag}' for {arch}. Known tags: {', '.join(tags) or 'none'}.")
-        if tag_cfg.get("quick_gelu"):
-            create_kwargs["force_quick_gelu"] = True
-        create_kwargs["force_preprocess_cfg"] = {k: tag_cfg[k] for k in ("mean", "std", "interpolation",
-                                                                         "resize_mode") if k in tag_cfg}
-        if ckpt is None:
-            ckpt = fetch_tag_weights(arch, tag, tag_cfg)
-            weights_id = tag
-    elif ckpt is None:
-        warnings.warn(f"{arch}: no pretrained tag and no --weights: the model is random-initialised.", stacklevel=4)
-    model_cfg = open_clip.get_model_config(arch) or {}
-    text_cfg = model_cfg.get("text_cfg", {})
-    plan = _Plan(arch, f"open_clip:{arch}", ckpt, weights_id, model_cfg, create_kwargs)
-    if text_cfg.get("hf_model_name"):
-        plan.text_cfg = create_kwargs["text_cfg"] = dict(text_cfg, hf_model_pretrained=False)
-    return plan
-
-
-def _load(target: str, weights: Path | None, device: torch.device, alias: EncoderAlias | None) -> OpenClipEncoder:
-    """Build an open_clip model for `target` (see `vlm.encoders.base`) and load its weights."""
-    from open_clip.factory import parse_model_name
-
+def _plan(target: str, weights: Path | None, alias: EncoderAlias | None) -> Plan:
     schema, ident = parse_model_name(target)
-    plan = _plan_folder(schema, ident, weights, alias) if schema in ("hf-hub", "local-dir") \
-        else _plan_architecture(ident, weights)
+    return plan_folder(schema, ident, weights, alias) if schema in ("hf-hub", "local-dir") \
+        else plan_architecture(ident, weights)
+
+
+def _build(plan: Plan, target: str, device: torch.device) -> nn.Module:
+    """The whole model of a plan, its checkpoint loaded, in eval mode (channels-last) on `device`."""
     model = _create(plan.create_name, target, plan.text_cfg, plan.create_kwargs)
     if plan.ckpt is not None:
         _load_checkpoint(model, plan.ckpt, target)
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def _load(target: str, weights: Path | None, device: torch.device, alias: EncoderAlias | None,
+          plan: Plan | None = None) -> OpenClipEncoder:
+    """Build an open_clip model for `target` (see `vlm.encoders.base`; or for `plan`) and load its weights."""
+    plan = plan or _plan(target, weights, alias)
+    model = _build(plan, target, device)
     tokenizer = _tokenizer(plan.create_name, plan.model_cfg, plan.text_cfg, target)
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    preprocess = _preprocess(model, target)
     embed_dim = int(plan.model_cfg.get("embed_dim") or model.text_projection.shape[-1])
-    return OpenClipEncoder(model, tokenizer, id=plan.enc_id, weights_id=plan.weights_id, preprocess=preprocess,
-                           embed_dim=embed_dim, logit_scale=float(model.logit_scale.detach().exp().float().cpu().item()),
+    return OpenClipEncoder(model, tokenizer, plan, id=plan.enc_id, weights_id=plan.weights_id,
+                           preprocess=_preprocess(model.visual.preprocess_cfg, target), embed_dim=embed_dim,
+                           logit_scale=float(model.logit_scale.detach().exp().float().cpu().item()),
                            device=device, name=alias.name if alias else target,
                            description=alias.description if alias else "")
 
 
-def _preprocess(model: nn.Module, target: str) -> Preprocess:
-    """The eval `preprocess` that `open_clip.create_model_and_transforms` returns for `model`, as tensor ops:
-    `image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)` is a PIL resize
-    (shortest side + centre crop, longest side + crop-or-pad with `fill_color`, or squash), RGB, ToTensor
-    and Normalize."""
-    from open_clip.transform import PreprocessCfg
+def _lazy_load(target: str, weights: Path | None, device: torch.device, alias: EncoderAlias | None) -> OpenClipEncoder:
+    """An encoder whose ids, preprocessing and logit scale come from the config files and the checkpoint's
+    `logit_scale` tensor; its model is built on first use (random-initialised models: now)."""
+    plan = _plan(target, weights, alias)
+    try:
+        scale = read_tensor(plan.ckpt, "logit_scale") if plan.ckpt is not None else None
+    except ModelError:  # an unreadable file: the full load says so
+        scale = None
+    if scale is None or "embed_dim" not in plan.model_cfg:
+        return _load(target, weights, device, alias, plan)
+    return OpenClipEncoder(None, None, plan, id=plan.enc_id, weights_id=plan.weights_id,
+                           preprocess=_preprocess(preprocess_cfg(plan), target), embed_dim=plan.model_cfg["embed_dim"],
+                           logit_scale=float(scale.detach().float().exp().reshape(-1)[0].item()), device=device,
+                           name=alias.name if alias else target, description=alias.description if alias else "")
 
-    cfg = PreprocessCfg(**model.visual.preprocess_cfg)
-    interpolation = "bilinear" if cfg.interpolation == "bilinear" else "bicubic"  # open_clip's rule ('random' too)
-    mode = cfg.resize_mode or "shortest"
-    return Preprocess(size=square_size(cfg.size, target), mean=per_channel(cfg.mean), std=per_channel(cfg.std),
-                      interpolation=interpolation, resize_mode=mode, fill=(int(cfg.fill_color),), resampler="pil",
-                      source=f"open_clip image_transform(resize_mode={mode}, interpolation={cfg.interpolation})")
+
+def _preprocess(cfg: dict[str, Any], target: str) -> Preprocess:
+    """The eval `preprocess` that `open_clip.create_model_and_transforms` returns for a model whose
+    `model.visual.preprocess_cfg` is `cfg`, as tensor ops: `image_transform_v2(PreprocessCfg(**cfg),
+    is_train=False)` is a PIL resize (shortest side + centre crop, longest side + crop-or-pad with
+    `fill_color`, or squash), RGB, ToTensor and Normalize."""
+    cfg = {**PREPROCESS_DEFAULTS, **cfg}
+    interpolation = "bilinear" if cfg["interpolation"] == "bilinear" else "bicubic"  # open_clip's rule ('random' too)
+    mode = cfg["resize_mode"] or "shortest"
+    return Preprocess(size=square_size(cfg["size"], target), mean=per_channel(cfg["mean"]), std=per_channel(cfg["std"]),
+                      interpolation=interpolation, resize_mode=mode, fill=(int(cfg["fill_color"]),), resampler="pil",
+                      source=f"open_clip image_transform(resize_mode={mode}, interpolation={cfg['interpolation']})")
 
 
 def _create(create_name: str, target: str, text_cfg: dict[str, Any] | None, create_kwargs: dict[str, Any]) -> nn.Module:
@@ -282,13 +259,13 @@ def _tokenizer(create_name: str, model_cfg: dict, text_cfg: dict | None, target:
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
     cfg_text = model_cfg.get("text_cfg", {}) if model_cfg else {}
-    context_length = cfg_text.get("context_length", 77)
+    length = cfg_text.get("context_length", 77)
     try:
         if text_cfg and text_cfg.get("hf_tokenizer_name"):
-            return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length,
+            return HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=length,
                                tokenizer_mode=cfg_text.get("tokenizer_mode"), **cfg_text.get("tokenizer_kwargs", {}))
         if create_name.startswith("local-dir:"):
-            return SimpleTokenizer(context_length=context_length, **cfg_text.get("tokenizer_kwargs", {}))
+            return SimpleTokenizer(context_length=length, **cfg_text.get("tokenizer_kwargs", {}))
         return open_clip.get_tokenizer(create_name)
     except Exception as exc:  # noqa: BLE001
         raise VlmError(f"Cannot load the tokenizer of {target} ({offline_reason(exc)}). For offline use put the "
@@ -297,4 +274,4 @@ def _tokenizer(create_name: str, model_cfg: dict, text_cfg: dict | None, target:
 
 register_backend(Backend("open_clip", _load, prefixes=("open_clip:", "open-clip:"),
                          rules=((10, _match_name), (20, _match_folder)),
-                         names=_architectures, weights_as_tag=_weights_as_tag))
+                         names=_architectures, weights_as_tag=_weights_as_tag, lazy_load=_lazy_load))

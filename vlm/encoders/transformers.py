@@ -6,14 +6,18 @@ offline or unreachable; a local folder is the one `huggingface-cli download ID -
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 
+from models.errors import ModelError
+from models.weights import read_tensor
 from vlm.encoders.base import (
     TEXT_BATCH,
     Backend,
@@ -26,7 +30,7 @@ from vlm.encoders.base import (
     square_size,
 )
 from vlm.encoders.checkpoints import load_strict, read_weights, weights_file_id
-from vlm.encoders.hub import hub_local_only, transformers_offline_error
+from vlm.encoders.hub import hub_local_only, tokenizer_files_id, transformers_offline_error
 from vlm.errors import VlmError, exception_summary
 from vlm.preprocess import Preprocess
 
@@ -62,18 +66,49 @@ class _HFImageTower(nn.Module):
 
 
 class TransformersEncoder(Encoder):
-    """A transformers CLIP-style model with its tokenizer (texts padded and truncated to `context_length`)."""
+    """A transformers CLIP-style model with its tokenizer (texts padded and truncated to `context_length`).
+
+    A lazy encoder (`load_encoder(FOLDER, lazy=True)`) builds the model on the first image or `model` use, and
+    for texts of a CLIP checkpoint only its text tower (`CLIPTextModelWithProjection`) until then.
+    """
 
     backend = "transformers"
 
-    def __init__(self, model: nn.Module, tokenizer: Any, context_length: int | None, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module | None, tokenizer: Any, context_length: int | None,
+                 folder: _Folder | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.model = model
-        self.tokenizer = tokenizer
+        self._model = model
+        self._tokenizer = tokenizer
+        self._folder = folder
+        self._text_model: nn.Module | None = None
         self.context_length = context_length
+
+    @property
+    def model(self) -> nn.Module:
+        """The whole model (built now if the encoder is lazy and has not built it yet)."""
+        if self._model is None:
+            assert self._folder is not None
+            self._model, self._tokenizer = self._folder.pretrained(self.device)
+            self._text_model = None
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            assert self._folder is not None
+            self._tokenizer = self._folder.tokenizer()
+        return self._tokenizer
 
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
         return _features(self.model.get_image_features(pixel_values=x))
+
+    def _text_features(self, **kwargs: torch.Tensor) -> torch.Tensor:
+        """`get_text_features`, or the text tower alone while a lazy encoder has built no model."""
+        if self._model is None and self._text_model is None and self._folder is not None:
+            self._text_model = self._folder.text_model(self.device)
+        if self._model is None and self._text_model is not None:
+            return self._text_model(**kwargs).text_embeds
+        return _features(self.model.get_text_features(**kwargs))
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         texts = list(texts)
@@ -85,11 +120,52 @@ class TransformersEncoder(Encoder):
                 kwargs = {"input_ids": enc["input_ids"].to(self.device)}
                 if "attention_mask" in enc:
                     kwargs["attention_mask"] = enc["attention_mask"].to(self.device)
-                out.append(_features(self.model.get_text_features(**kwargs)).float())
+                out.append(self._text_features(**kwargs).float())
         return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
 
     def image_tower(self) -> nn.Module:
         return _HFImageTower(self.model)
+
+
+@dataclass
+class _Folder:
+    """A local model folder (and an optional weights file for it), read without building the model."""
+
+    target: str
+    path: Path
+    weights: Path | None
+
+    def config(self) -> dict[str, Any]:
+        return json.loads((self.path / "config.json").read_text())
+
+    def checkpoint(self) -> Path | None:
+        """The weights file the model gets: `weights`, else the folder's own."""
+        return self.weights or next((self.path / n for n in HF_WEIGHT_NAMES if (self.path / n).is_file()), None)
+
+    def pretrained(self, device: torch.device) -> tuple[nn.Module, Any]:
+        """(model, tokenizer), the model with `weights` loaded, in eval mode (channels-last) on `device`."""
+        model, tokenizer = _from_pretrained(self.target, self.path, True, self.weights)
+        return model.to(device, memory_format=torch.channels_last).eval(), tokenizer
+
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+
+    def text_model(self, device: torch.device) -> nn.Module | None:
+        """The text tower and projection of a CLIP checkpoint alone, or None (other models: build them whole)."""
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+        config, ckpt = self.config(), self.checkpoint()
+        if config.get("model_type") != "clip" or ckpt is None:
+            return None
+        text_cfg = CLIPTextConfig(**{**config.get("text_config", {}), "projection_dim": config.get("projection_dim")})
+        model = CLIPTextModelWithProjection(text_cfg)
+        state = {k: v for k, v in read_weights(ckpt).items() if k.startswith(("text_model.", "text_projection."))}
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys or [k for k in result.missing_keys if not k.endswith("position_ids")]:
+            return None
+        return model.to(device).eval()
 
 
 # ----------------------------------------------------------------------------- names
@@ -105,7 +181,7 @@ def _match_hub_id(raw: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- loading
-def _image_processor(source: str, local_only: bool, model: nn.Module) -> Any:
+def _image_processor(source: str, local_only: bool, image_size: int) -> Any:
     """The checkpoint's image processor (preprocessor_config.json); without one, CLIPImageProcessor's
     defaults at the vision tower's image size (with a warning)."""
     from transformers import AutoImageProcessor, CLIPImageProcessor
@@ -115,7 +191,7 @@ def _image_processor(source: str, local_only: bool, model: nn.Module) -> Any:
             warnings.simplefilter("ignore")
             return AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
     except Exception as exc:  # noqa: BLE001 - no or unreadable preprocessor_config.json
-        size = getattr(getattr(model.config, "vision_config", model.config), "image_size", 224)
+        size = image_size
         warnings.warn(f"{source}: no image processor ({exception_summary(exc)}); using CLIPImageProcessor's "
                       f"defaults at {size} px.", stacklevel=4)
         return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
@@ -150,8 +226,9 @@ def processor_preprocess(proc: Any, who: str) -> Preprocess:
                       source=f"transformers {type(proc).__name__}")
 
 
-def _from_pretrained(target: str, path: Path, local: bool) -> tuple[nn.Module, Any]:
-    """(model, tokenizer) via AutoModel / AutoTokenizer, local files only when offline; clear errors."""
+def _from_pretrained(target: str, path: Path, local: bool, weights: Path | None = None) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) via AutoModel / AutoTokenizer, local files only when offline, `weights` loaded
+    strictly into the model; clear errors."""
     from transformers import AutoModel, AutoTokenizer
 
     source = str(path) if local else target
@@ -169,7 +246,17 @@ def _from_pretrained(target: str, path: Path, local: bool) -> tuple[nn.Module, A
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise VlmError(f"{target} is a {type(model).__name__}, not a CLIP-style model (no get_image_features / "
                        f"get_text_features). Image-only backbones load through timm.")
+    if weights is not None:
+        load_strict(model, read_weights(weights), target, weights, ignore_missing=("position_ids",))
     return model, tokenizer
+
+
+def _text_id(path: Path | None, tokenizer: Any, context_length: int | None) -> str:
+    """The tokenizer's id in text-cache keys: its files' digest (a local folder) or its class (a hub id, whose
+    files the weights id pins by commit)."""
+    files = tokenizer_files_id(path) if path is not None else ""
+    fields = {"files": files} if files else {"tokenizer": type(tokenizer).__name__}
+    return "transformers " + json.dumps({**fields, "context_length": context_length}, sort_keys=True)
 
 
 def _load(target: str, weights: Path | None, device: torch.device, alias: EncoderAlias | None) -> TransformersEncoder:
@@ -178,9 +265,8 @@ def _load(target: str, weights: Path | None, device: torch.device, alias: Encode
     local = path.is_dir()
     if not local and looks_like_path(target):
         raise VlmError(f"Model folder {path} not found.")
-    model, tokenizer = _from_pretrained(target, path, local)
+    model, tokenizer = _from_pretrained(target, path, local, weights)
     if weights is not None:
-        load_strict(model, read_weights(weights), target, weights, ignore_missing=("position_ids",))
         weights_id = weights_file_id(weights)
     elif local:
         files = [path / n for n in HF_WEIGHT_NAMES if (path / n).is_file()]
@@ -189,7 +275,9 @@ def _load(target: str, weights: Path | None, device: torch.device, alias: Encode
         commit = getattr(model.config, "_commit_hash", None)
         weights_id = target + (f"@{commit[:12]}" if commit else "")
     enc_id = f"transformers:{path.resolve().name}" if local else f"transformers:{target}"
-    processor = _image_processor(str(path) if local else target, local or hub_local_only(), model)
+    vision = getattr(model.config, "vision_config", model.config)
+    processor = _image_processor(str(path) if local else target, local or hub_local_only(),
+                                 getattr(vision, "image_size", 224))
     model = model.to(device, memory_format=torch.channels_last).eval()
     cfg = model.config
     text_cfg = getattr(cfg, "text_config", None)
@@ -197,10 +285,39 @@ def _load(target: str, weights: Path | None, device: torch.device, alias: Encode
     embed_dim = getattr(cfg, "projection_dim", None) or _probe_dim(model, device)
     scale = getattr(model, "logit_scale", None)
     logit_scale = float(scale.detach().exp().float().cpu().item()) if isinstance(scale, torch.Tensor) else 100.0
-    return TransformersEncoder(model, tokenizer, context_length, id=enc_id, weights_id=weights_id,
-                               preprocess=processor_preprocess(processor, target),
-                               embed_dim=int(embed_dim), logit_scale=logit_scale, device=device,
-                               name=alias.name if alias else target, description=alias.description if alias else "")
+    encoder = TransformersEncoder(model, tokenizer, context_length, id=enc_id, weights_id=weights_id,
+                                  preprocess=processor_preprocess(processor, target),
+                                  embed_dim=int(embed_dim), logit_scale=logit_scale, device=device,
+                                  name=alias.name if alias else target, description=alias.description if alias else "")
+    encoder.text_id = _text_id(path if local else None, tokenizer, context_length)
+    return encoder
+
+
+def _lazy_load(target: str, weights: Path | None, device: torch.device, alias: EncoderAlias | None,
+               ) -> TransformersEncoder:
+    """A local folder's encoder from config.json, preprocessor_config.json and the checkpoint's `logit_scale`,
+    its model built on first use; hub ids, and folders whose config lacks `projection_dim`, load now."""
+    path = Path(target).expanduser()
+    folder = _Folder(target, path, weights)
+    try:
+        config = folder.config() if path.is_dir() else {}
+        ckpt = folder.checkpoint()
+        scale = read_tensor(ckpt, "logit_scale") if ckpt is not None and config.get("projection_dim") else None
+    except (OSError, ValueError, ModelError):  # no or unreadable files: the full load says what is wrong
+        scale = None
+    if scale is None or ckpt is None:
+        return _load(target, weights, device, alias)
+    text_cfg = config.get("text_config") or {}
+    context_length = text_cfg.get("max_position_embeddings", 77)  # transformers' CLIPTextConfig default
+    image_size = (config.get("vision_config") or config).get("image_size", 224)
+    encoder = TransformersEncoder(None, None, context_length, folder, id=f"transformers:{path.resolve().name}",
+                                  weights_id=weights_file_id(ckpt),
+                                  preprocess=processor_preprocess(_image_processor(str(path), True, image_size), target),
+                                  embed_dim=int(config["projection_dim"]),
+                                  logit_scale=float(scale.detach().float().exp().reshape(-1)[0].item()), device=device,
+                                  name=alias.name if alias else target, description=alias.description if alias else "")
+    encoder.text_id = _text_id(path, None, context_length)
+    return encoder
 
 
 def _probe_dim(model: nn.Module, device: torch.device) -> int:
@@ -212,4 +329,4 @@ def _probe_dim(model: nn.Module, device: torch.device) -> int:
 
 
 register_backend(Backend("transformers", _load, prefixes=("transformers:",),
-                         rules=((21, _match_folder), (50, _match_hub_id))))
+                         rules=((21, _match_folder), (50, _match_hub_id)), lazy_load=_lazy_load))

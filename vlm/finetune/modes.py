@@ -14,7 +14,7 @@ from vlm.data import Split, load_splits
 from vlm.embeddings import EmbeddingPolicy, EmbedProgress
 from vlm.errors import VlmError, exception_summary
 from vlm.finetune.heads import TowerClassifier, zero_shot_head
-from vlm.finetune.probe import KNN_WEIGHTINGS, L2_GRID, ZS_L2_EXTRA, knn, linear_probe
+from vlm.finetune.probe import KNN_WEIGHTINGS, L2_GRID, PROBE_FILE, ZS_L2_EXTRA, knn, linear_probe, save_probe
 from vlm.results import new_run_dir
 from vlm.runtime import seed_everything
 from vlm.tasks import TaskSpec, get_task
@@ -218,7 +218,11 @@ def _frozen(task: TaskSpec, enc: Encoder, mode: str, splits: tuple[Split, Split,
                      "cache_dir": str(policy.cache_dir) if policy.cache_dir is not None else None,
                      **policy.volume_fields(task.is_3d)}
     folder = Path(run_dir) if run_dir is not None else new_run_dir(runs_dir, f"{task.flag}_{mode}_{enc.id}")
+    logits = out.get("logits", {})
+    if "probe" in out:
+        save_probe(folder / PROBE_FILE, out["probe"])
     record = record_run(test, scores, metrics, method=mode, model=enc.id, runs_dir=runs_dir, run_dir=folder,
+                        logits=logits.get("test"), val_logits=logits.get("val"),
                         weights_id=enc.weights_id, seed=config.seed, config=record_config,
                         timings={"seconds": round(seconds, 4), "embed_seconds": round(t_embed, 4),
                                  "fit_seconds": round(t_fit, 4)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -10,12 +11,14 @@ import torch.nn.functional as F
 
 from vlm.errors import VlmError
 from vlm.evaluate import evaluate
+from vlm.files import atomic_write_bytes
 from vlm.tasks import TaskSpec
 
 KNN_WEIGHTINGS = ("uniform", "similarity")
 L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 ZS_L2_EXTRA = (100.0, 1000.0)
 K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
+PROBE_FILE = "probe.safetensors"  # a linear-probe run's chosen weights and standardisation
 KNN_TEMPERATURE = 0.07
 
 
@@ -57,6 +60,26 @@ def logistic_scores(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, kind: str
     return torch.sigmoid(logits) if kind == "multi-label" else torch.softmax(logits, dim=1)
 
 
+def save_probe(path: Path, probe: dict[str, torch.Tensor]) -> None:
+    """The chosen probe (w, b and the standardisation mean, std) as safetensors, written atomically."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().float().cpu().contiguous() for k, v in probe.items()}))
+
+
+def load_probe(path: Path) -> dict[str, torch.Tensor]:
+    """What `save_probe` wrote."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def probe_logits(emb: torch.Tensor, probe: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The probe's logits (N, K) of raw embeddings (N, E): standardised, then z @ w.T + b."""
+    p = {k: v.to(emb.device) for k, v in probe.items()}
+    return ((emb.float() - p["mean"]) / p["std"]) @ p["w"].T + p["b"]
+
+
 def _auc(task: TaskSpec, labels: torch.Tensor, scores: torch.Tensor) -> float:
     auc = evaluate(task, labels.to(scores.device), scores, n_bootstrap=0).auc
     return auc if math.isfinite(auc) else -math.inf
@@ -68,7 +91,9 @@ def linear_probe(task: TaskSpec, emb: dict[str, torch.Tensor], labels: dict[str,
     """Fit the probe for each L2 strength on train, choose on val AUC; return test scores and the grid.
 
     `prior` (K, E) on normalised embeddings: penalise ||W - prior|| (zs-init probe) instead of ||W||.
-    Returns {"scores": test scores, "l2": chosen, "val_auc": its val AUC, "grid": [{l2, val_auc}]}.
+    Returns {"scores": test scores, "logits": {"val", "test"} logits, "probe": {"w", "b", "mean", "std"} (the
+    chosen weights on features standardised with the training mean/std), "l2": chosen, "val_auc": its val AUC,
+    "grid": [{l2, val_auc}]}.
     """
     kind = task.kind
     mean, std = emb["train"].mean(dim=0), emb["train"].std(dim=0).clamp_min(1e-6)
@@ -91,6 +116,8 @@ def linear_probe(task: TaskSpec, emb: dict[str, torch.Tensor], labels: dict[str,
             best = (auc, l2, w, b)
     auc, l2, w, b = best  # type: ignore[misc]
     return {"scores": logistic_scores(z["test"], w, b, kind), "l2": l2,
+            "logits": {s: z[s] @ w.T + b for s in ("val", "test")},
+            "probe": {"w": w, "b": b, "mean": mean, "std": std},
             "val_auc": None if auc == -math.inf else auc, "grid": rows[::-1]}
 
 

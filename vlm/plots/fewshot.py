@@ -79,7 +79,7 @@ def plot_fewshot(
             ax.set_xlim(ticks[0] / 1.4, ticks[-1] * 1.4)
         ax.set(xlabel="K (examples per class)", ylabel=f"test {metric.upper()}", title=metric.upper())
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize="small")
+    axes[0].legend(loc="best", fontsize="small")
     fig.suptitle(title)
     return save_figure(fig, out)
 

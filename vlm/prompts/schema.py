@@ -29,7 +29,7 @@ _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
 # ----------------------------------------------------------------------------- reading YAML
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when PyYAML has it: ~10x faster
     """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
 
 

@@ -43,7 +43,9 @@ from vlm.training.distributed import (
 )
 from vlm.training.loggers import Loggers, check_log
 from vlm.training.optim import build_optimizer, build_scheduler
-from vlm.training.pipeline import InputPipeline, autocast, batch_starts, predict, uses_bf16
+from vlm.training.pipeline import (
+    InputPipeline, autocast, batch_starts, predict_logits, scores_from_logits, uses_bf16,
+)
 
 
 @dataclass
@@ -278,7 +280,7 @@ def _run_epoch(t: _Trainer, loggers: Loggers) -> None:
     t0 = time.perf_counter()
     lr_used = t.optimizer.param_groups[-1]["lr"]  # the head's (or only) LR at the epoch's first step
     train_loss = _train_epoch(t, epoch)
-    val_scores = _predict(t, t.val)
+    val_scores = scores_from_logits(t.val.task.kind, _predict_logits(t, t.val))
     if not bool(torch.isfinite(val_scores).all()):
         raise _non_finite(epoch, None, t.run_dir, state)
     val_metrics = evaluate(t.train.task, t.val.labels, val_scores, n_bootstrap=0)
@@ -346,18 +348,19 @@ def _train_epoch(t: _Trainer, epoch: int) -> float:
     return total / max(count, 1)
 
 
-def _predict(t: _Trainer, split: Split) -> torch.Tensor:
-    """Scores of every row of `split`, in order; under torchrun each rank scores a contiguous range."""
+def _predict_logits(t: _Trainer, split: Split) -> torch.Tensor:
+    """Logits of every row of `split`, in order; under torchrun each rank scores a contiguous range."""
     lo, hi = t.dist.shard(len(split))
     part = Split(split.images[lo:hi], split.labels[lo:hi], split.task, split.split, split.size)
-    scores = predict(t.model, part, t.pipeline, batch_size=t.config.eval_batch_size, device=t.device,
-                     amp=t.config.amp)
-    return t.dist.gather_rows(scores, len(split))
+    logits = predict_logits(t.model, part, t.pipeline, batch_size=t.config.eval_batch_size, device=t.device,
+                            amp=t.config.amp)
+    return t.dist.gather_rows(logits, len(split))
 
 
 def _score_test(t: _Trainer, test: Split, record_config: dict[str, Any], loggers: Loggers, *, method: str,
                 model_name: str, weights_id: str | None) -> TrainResult:
-    """Score the test split once with the best checkpoint and write the RunRecord."""
+    """Score the test split once with the best checkpoint and write the RunRecord (with the test logits and
+    the best checkpoint's val logits, for temperature scaling)."""
     from vlm.scoring import record_run, score_split
 
     state, config = t.state, t.config
@@ -366,7 +369,8 @@ def _score_test(t: _Trainer, test: Split, record_config: dict[str, Any], loggers
     t.dist.barrier()  # rank 0 has written best.safetensors
     load_best(t.model, t.run_dir / BEST_FILE)
     test_d = test.to(t.device)
-    scores = _predict(t, test_d)
+    val_logits, logits = (_predict_logits(t, s) for s in (t.val, test_d))
+    scores = scores_from_logits(test.task.kind, logits)
     result = _result(t.run_dir, state, finished=True)
     record_config.update(best_epoch=state.best_epoch, best_val_auc=finite_or_none(state.best_auc),
                          epochs_run=state.epoch, stop_reason=state.stop_reason)
@@ -377,7 +381,7 @@ def _score_test(t: _Trainer, test: Split, record_config: dict[str, Any], loggers
         test_seconds = time.perf_counter() - t0
         record = record_run(
             test_d, scores, metrics, method=method, model=model_name, runs_dir=t.run_dir.parent, run_dir=t.run_dir,
-            weights_id=weights_id, seed=config.seed, config=record_config,
+            logits=logits, val_logits=val_logits, weights_id=weights_id, seed=config.seed, config=record_config,
             timings={"seconds": round(state.train_seconds + test_seconds, 4),
                      "train_seconds": round(state.train_seconds, 4),
                      "seconds_per_epoch": round(result.seconds_per_epoch, 4),

@@ -1,4 +1,5 @@
-"""From a resident uint8 split to model input and scores: batches, the input pipeline, bf16 autocast, predict."""
+"""From a resident uint8 split to model input and scores: batches, the input pipeline, bf16 autocast, predict
+(probabilities) and predict_logits."""
 
 from __future__ import annotations
 
@@ -72,9 +73,9 @@ def autocast(device: torch.device, amp: bool | None) -> torch.autocast:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, pipeline: Callable[[torch.Tensor, bool], torch.Tensor], *,
-            batch_size: int = 256, device: torch.device | str = "cpu", amp: bool | None = None) -> torch.Tensor:
-    """Scores (N, K) float32 on `device`: softmax probabilities, per-label sigmoid for multi-label."""
+def predict_logits(model: nn.Module, split: Split, pipeline: Callable[[torch.Tensor, bool], torch.Tensor], *,
+                   batch_size: int = 256, device: torch.device | str = "cpu", amp: bool | None = None) -> torch.Tensor:
+    """The model's logits (N, K) float32 on `device`, batch by batch in eval mode."""
     device = torch.device(device)
     model.eval()
     images = split.images.to(device)
@@ -84,5 +85,16 @@ def predict(model: nn.Module, split: Split, pipeline: Callable[[torch.Tensor, bo
         with autocast(device, amp):
             logits = model(x)
         outs.append(logits.float())
-    logits = torch.cat(outs)
-    return torch.sigmoid(logits) if split.task.kind == "multi-label" else torch.softmax(logits, dim=1)
+    return torch.cat(outs)
+
+
+def scores_from_logits(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities from logits: softmax over classes, per-label sigmoid for multi-label."""
+    return torch.sigmoid(logits) if kind == "multi-label" else torch.softmax(logits, dim=1)
+
+
+def predict(model: nn.Module, split: Split, pipeline: Callable[[torch.Tensor, bool], torch.Tensor], *,
+            batch_size: int = 256, device: torch.device | str = "cpu", amp: bool | None = None) -> torch.Tensor:
+    """Scores (N, K) float32 on `device`: softmax probabilities, per-label sigmoid for multi-label."""
+    logits = predict_logits(model, split, pipeline, batch_size=batch_size, device=device, amp=amp)
+    return scores_from_logits(split.task.kind, logits)

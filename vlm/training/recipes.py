@@ -52,9 +52,10 @@ def _no_model_opts(model: str, is_3d: bool, input_size: int) -> dict[str, Any]:
 class Recipe:
     """A named set of option values, the script it reproduces, and the models it is the default for.
 
-    `options` hold TrainConfig values (unset ones keep their task-dependent defaults: loss ce/bce,
-    weight decay, LR gamma, MultiStepLR milestones at 0.5 E and 0.75 E); `options_3d` replace some of
-    them on 3D datasets; `model_opts` gives architecture options for a model at an input size.
+    `options` hold TrainConfig values: every recipe field except those with a task-dependent default
+    (loss ce/bce, weight decay, LR gamma, MultiStepLR milestones at 0.5 E and 0.75 E, image size,
+    backbone LR), so new recipes start from another's; `options_3d` replace some of them on 3D
+    datasets; `model_opts` gives architecture options for a model at an input size.
     """
 
     name: str
