@@ -315,7 +315,7 @@ def test_ddp_run_writes_once_from_rank_0_and_matches_one_process(ranks, data_roo
     assert out[1]["writes"] == []
     (folder,) = runs.iterdir()
     assert sorted(p.name for p in folder.iterdir()) == [
-        "best.safetensors", "epochs.jsonl", "last.pt", "record.json", "scores.npy"]
+        "best.safetensors", "epochs.jsonl", "last.pt", "logits.npy", "record.json", "scores.npy", "val_logits.npy"]
     record = json.loads((folder / "record.json").read_text())
     assert record["config"]["distributed"] == {"world_size": 2, "backend": "gloo", "sync_batchnorm": True}
     assert record["metrics"]["n"] == 21

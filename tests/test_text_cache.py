@@ -165,5 +165,5 @@ def test_text_classifier_with_cache_equals_without(tiny_dir, tmp_path):
     ps = load_prompt_set("breastmnist")
     plain = text_classifier(enc, ps, "clip")
     cache = TextCache(tmp_path)
-    assert torch.allclose(text_classifier(enc, ps, "clip", cache), plain, atol=1e-6)
-    assert torch.allclose(text_classifier(enc, ps, "clip", TextCache(tmp_path)), plain, atol=1e-6)
+    assert torch.allclose(text_classifier(enc, ps, "clip", texts=cache), plain, atol=1e-6)
+    assert torch.allclose(text_classifier(enc, ps, "clip", texts=TextCache(tmp_path)), plain, atol=1e-6)

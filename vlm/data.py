@@ -50,6 +50,8 @@ class Split:
 
 def data_fingerprint(split: Split) -> str:
     """A cheap content fingerprint: shape, labels and up to 32 evenly spaced images."""
+    import torch
+
     digest = hashlib.sha256()
     images = split.images
     digest.update(repr((tuple(images.shape), str(images.dtype))).encode())
