@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from vlm.commands.common import BootstrapOpt, DataRootOpt, SeedOpt, command
+from vlm.commands.common import BootstrapOpt, DataRootOpt, command, seed_opt
 from vlm.commands.output import Cell, Column, FormatOpt, Output, Styled, Table, columns, render_text
 from vlm.errors import VlmError
 
@@ -57,8 +57,8 @@ def comparison_output(table: ComparisonTable, title: str = "Comparison",
     italic, the legend as caption), a Markdown table (best values bold) and a long-format CSV."""
     from vlm.compare import format_value, legend
 
-    cols = [Column("method", overflow="fold")] + [Column(f"{c.label}\n{_NAMES[m]}", "right") for c in table.columns
-                                                  for m in metrics]
+    cols = [Column("method", overflow="fold")] + [Column(f"{c.label}\n{_NAMES[m]}", "right", group=c.label)
+                                                  for c in table.columns for m in metrics]
     rows: list[list[Cell]] = []
     for row in table.rows:
         values: list[Cell] = [Styled(row.label, style="italic" if row.published else "")]
@@ -120,7 +120,7 @@ def compare_cmd(
         help="Paired bootstrap of two runs (run ids in RUNS_DIR, or run folders) on the same test set: "
              "AUC/ACC differences with 95% CIs and p-values.")] = None,
     bootstrap: BootstrapOpt = 1000,
-    seed: SeedOpt = 0,
+    seed: seed_opt("the paired bootstrap (--pair)") = 0,
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", help="With --pair: decision threshold for binary/multi-label ACC \\[default: the runs' own].",
         show_default=False)] = None,

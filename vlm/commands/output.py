@@ -4,6 +4,10 @@ that show it) and `emit` prints it as a rich table, JSON, Markdown or CSV (`--fo
 Tables are plain specs (`Table`: title, columns with alignment, rows, caption). A block can be
 limited to some formats, e.g. a long-format CSV of numbers beside the table shown on screen. For a
 format that no block serves, the data itself is shown as a one-row table.
+
+On screen a table never cuts or wraps a number: right-aligned (number) columns keep their width, the
+first column (the row names) folds long names onto a second line, and a table too wide for the console
+is shown as several tables, one under the other, each with the row names and a group of columns.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
@@ -40,6 +45,7 @@ class Column:
     name: str
     justify: Literal["left", "right"] = "left"
     overflow: Literal["ellipsis", "fold"] = "ellipsis"
+    group: str = ""  # columns of one group (e.g. a dataset's AUC and ACC) stay together when a table is split
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,8 @@ def emit(output: Output | None, fmt: str) -> None:
             if isinstance(block, Line):
                 (err if block.stderr else out).print(block.markup, highlight=block.highlight, soft_wrap=block.soft_wrap)
             else:
-                out.print(rich_table(block))
+                for part in rich_tables(block, out.width):
+                    out.print(part)
     else:
         sys.stdout.write(render_text(output, fmt))
     if output.exit_code:
@@ -175,16 +182,74 @@ def data_table(data: Any) -> Table:
 
 
 # ----------------------------------------------------------------------------- the three text forms
-def rich_table(table: Table) -> RichTable:
-    """A rich Table (titles and captions left-aligned, as every `vlm` table)."""
-    rich = RichTable(title=escape(table.title) if table.title else None, title_justify="left",
-                     caption=escape(table.caption) if table.caption else None, caption_justify="left",
+def rich_table(table: Table, key_width: int | None = None, title: bool = True, caption: bool = True) -> RichTable:
+    """A rich Table (titles and captions left-aligned, as every `vlm` table); number columns never wrap,
+    the first column folds at `key_width`."""
+    rich = RichTable(title=escape(table.title) if table.title and title else None, title_justify="left",
+                     caption=escape(table.caption) if table.caption and caption else None, caption_justify="left",
                      show_lines=table.show_lines)
-    for col in table.columns:
-        rich.add_column(escape(col.name), justify=col.justify, overflow=col.overflow)
+    for i, col in enumerate(table.columns):
+        rich.add_column(escape(col.name), justify=col.justify, overflow="fold" if i == 0 else col.overflow,
+                        no_wrap=col.justify == "right", max_width=key_width if i == 0 else None)
     for row in table.rows:
         rich.add_row(*(_rich_cell(value) for value in row))
     return rich
+
+
+_CELL_PAD = 3  # a column's padding and its border
+MIN_KEY_WIDTH = 24
+
+
+def _widths(table: Table) -> list[int]:
+    """Each column's natural width: its longest header or cell line (best cells with their ' *')."""
+    widths = [max(cell_len(line) for line in col.name.split("\n")) for col in table.columns]
+    for row in table.rows:
+        for i, value in enumerate(row):
+            text = _rich_cell(value).plain
+            widths[i] = max(widths[i], *(cell_len(line) for line in text.split("\n")))
+    return widths
+
+
+def _groups(columns: list[Column]) -> list[list[int]]:
+    """The indices of the value columns (all but the first), in runs of one group each."""
+    groups: list[list[int]] = []
+    for i, col in enumerate(columns[1:], start=1):
+        if groups and col.group and columns[groups[-1][-1]].group == col.group:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def rich_tables(table: Table, width: int) -> list[RichTable]:
+    """`table` for a console `width` cells wide: one rich table when it fits with its first column folded to
+    at least 24 cells, else several, each with the first column and as many column groups as fit."""
+    if len(table.columns) < 2:
+        return [rich_table(table)]
+    widths = _widths(table)
+    values = [w + _CELL_PAD for w in widths[1:]]
+    key = min(widths[0], MIN_KEY_WIDTH)
+    if key + _CELL_PAD + sum(values) + 1 <= width:
+        return [rich_table(table, key_width=max(key, width - sum(values) - _CELL_PAD - 1))]
+    need = lambda cols: sum(values[c - 1] for c in cols)  # noqa: E731
+    groups = _groups(table.columns)
+    key = min(widths[0], max(MIN_KEY_WIDTH, width // 3))
+    if max(need(g) for g in groups) > width - key - _CELL_PAD - 1:  # narrower names keep a group whole
+        key = min(widths[0], MIN_KEY_WIDTH)
+    room = width - key - _CELL_PAD - 1
+    units = [u for group in groups for u in ([group] if need(group) <= room else [[c] for c in group])]
+    parts: list[list[int]] = [[]]
+    for unit in units:
+        if parts[-1] and need(parts[-1]) + need(unit) > room:
+            parts.append([])
+        parts[-1] += unit
+    key = max(key, min(widths[0], width - _CELL_PAD - 1 - max(need(p) for p in parts)))
+    out = []
+    for n, cols in enumerate(parts):
+        part = Table([table.columns[0]] + [table.columns[c] for c in cols], [[row[0]] + [row[c] for c in cols]
+                     for row in table.rows], title=table.title, caption=table.caption, show_lines=table.show_lines)
+        out.append(rich_table(part, key_width=key, title=n == 0, caption=n == len(parts) - 1))
+    return out
 
 
 def _rich_cell(value: Cell) -> Text:
