@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import json
 import textwrap
 from dataclasses import replace
@@ -208,3 +209,29 @@ def test_bad_launch_keys_name_the_line(tmp_path, launch, needle):
     with pytest.raises(VlmError) as exc:
         load_experiment(path)
     assert str(path) + needle in str(exc.value)
+
+
+def test_run_shows_each_jobs_epochs_the_eta_and_ends_with_the_comparison(exp_file, tmp_path):
+    result = runner.invoke(app, ["run", str(exp_file), "--runs-dir", str(tmp_path / "runs"), "--data-root",
+                                 str(exp_file.parent), "--device", "cpu"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()  # not a terminal: one plain line per event
+    assert "\x1b" not in result.stdout and "…" not in result.stdout
+    assert lines[0].startswith("tiny: 4 of 4 jobs to run")
+    assert lines[1] == "[1/4] cnn · breastmnist 28px · seed 0"
+    assert re.fullmatch(r"\[1/4\]   epoch 1/1  loss \d\.\d{4}  val AUC \d\.\d{4} \*  best \d\.\d{4} @ 1  \d+\.\ds",
+                        lines[2])
+    assert re.fullmatch(r"\[1/4\]   done in \d:\d\d · test AUC \d\.\d{3} · ACC \d\.\d{3}", lines[3])
+    assert re.fullmatch(r"1 of 4 jobs done · elapsed \d:\d\d · ETA \d:\d\d", lines[4])
+    assert re.match(r"4 of 4 jobs done · elapsed \d:\d\d$", lines[16])
+    table = result.stdout[result.stdout.index("tiny: test results in"):]
+    assert table.count("│ cnn (train small-cnn)") == 2  # split in two at 80 columns: one table per dataset
+    assert "breastmnist 28px test" in table and "retinamnist 28px test" in table
+
+
+def test_workers_progress_comes_from_their_event_files(exp_file, tmp_path):
+    result, summary = run_cli(exp_file, tmp_path / "runs", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stderr.splitlines() if "epoch 1/1" in line]
+    assert sorted(row[:5] for row in rows) == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]  # every job's epoch, from 2 processes
+    assert len(summary["comparison"]["rows"]) == 1 and summary["comparison"]["columns"]

@@ -9,6 +9,11 @@ autocast, on CPU in fp32, always under `torch.inference_mode()`.
 slice embedding is L2-normalised, the slices of a volume are pooled (mean or max) and the result is
 renormalised. Counts and progress are in volumes.
 
+Progress: on the CPU a forward pass takes at most `CPU_PASS` images (3D: slices; bigger batches are no
+faster there), so a bar advances every pass, within a volume too (by the fraction of its slices done);
+on a GPU a pass is `batch_size` images or whole volumes. The embeddings do not depend on the pass size
+beyond float rounding, and the pass size depends only on the device, so a run is repeatable.
+
 `EmbeddingPolicy` bundles those choices (slice axis, pool, encoding batch size, cache folder) for the
 methods that work on embeddings (zero-shot, the linear probe and kNN).
 
@@ -45,6 +50,7 @@ ENV_CACHE = "VLM_CACHE_DIR"
 POOLS = ("mean", "max")
 SLICE_AXES = {0: "D", 1: "H", 2: "W"}
 _RESIDENT_LIMIT = 4 << 30  # move a split to the GPU whole when it is below 4 GiB
+CPU_PASS = 16  # images (3D: slices) per forward pass on the CPU: the bar advances every second or two
 
 EmbedProgress = Callable[[int], Any]
 
@@ -146,7 +152,9 @@ def _autocast(device: torch.device):
 
 def encode_split(encoder: Encoder, split: Split, *, batch_size: int = 256, slice_axis: int = 0, pool: str = "mean",
                  progress: EmbedProgress | None = None) -> torch.Tensor:
-    """Encode every image (or volume) of a split: L2-normalised (N, E) float32 on the encoder's device."""
+    """Encode every image (or volume) of a split: L2-normalised (N, E) float32 on the encoder's device.
+
+    `progress(advance)` gets the images (volumes, fractions of a volume within one) done by each pass."""
     check_policy(slice_axis, pool)
     if batch_size < 1:
         raise VlmError(f"Batch size must be at least 1, not {batch_size}.")
@@ -157,7 +165,8 @@ def encode_split(encoder: Encoder, split: Split, *, batch_size: int = 256, slice
     n = images.shape[0]
     is_3d = images.dim() == 5
     n_slices = images.shape[2 + slice_axis] if is_3d else 1
-    step = max(1, batch_size // n_slices)
+    per_pass = min(batch_size, CPU_PASS) if device.type == "cpu" else batch_size
+    step = max(1, per_pass // n_slices)
     out = torch.empty(n, encoder.embed_dim, dtype=torch.float32, device=device)
     with torch.inference_mode(), _autocast(device):
         for start in range(0, n, step):
@@ -166,14 +175,19 @@ def encode_split(encoder: Encoder, split: Split, *, batch_size: int = 256, slice
             if is_3d:  # (b, C, D, H, W) -> (b * S, C, h, w), slices of one volume contiguous
                 batch = batch.movedim(2 + slice_axis, 1)
                 batch = batch.reshape(b * n_slices, *batch.shape[2:])
-            x = channels_last(encoder.preprocess(batch, device))
-            feats = F.normalize(encoder.encode_images(x).float(), dim=-1)
+            parts = []
+            for lo in range(0, batch.shape[0], per_pass):  # one part unless a volume has more slices than a pass
+                x = channels_last(encoder.preprocess(batch[lo:lo + per_pass], device))
+                parts.append(F.normalize(encoder.encode_images(x).float(), dim=-1))
+                if progress is not None and is_3d and b * n_slices > per_pass:
+                    progress(parts[-1].shape[0] / n_slices)
+            feats = torch.cat(parts) if len(parts) > 1 else parts[0]
             if is_3d:
                 feats = feats.view(b, n_slices, -1)
                 feats = feats.mean(dim=1) if pool == "mean" else feats.amax(dim=1)
                 feats = F.normalize(feats, dim=-1)
             out[start:start + b] = feats
-            if progress is not None:
+            if progress is not None and not (is_3d and b * n_slices > per_pass):
                 progress(b)
     return out
 
@@ -192,8 +206,9 @@ def image_embeddings(
     """L2-normalised (N, E) float32 embeddings of a split (on the encoder's device) and the number of
     images (volumes for 3D) encoded in this call: 0 on a cache hit.
 
-    `progress(advance)` is called after each batch; if it also has a `set_total(n)` method, that is
-    called first with the number of images to encode (0 on a cache hit).
+    `progress(advance)` is called after each forward pass (see the module doc); if it also has a
+    `set_total(n)` method, that is called first with the number of images to encode (0 on a cache hit),
+    and a `describe(what, unit)` method first hears what is encoded ("breastmnist test", "images").
 
     Example: `emb, encoded = image_embeddings(load_encoder("biomedclip"), load_split("breastmnist"))`.
     """
@@ -209,6 +224,8 @@ def image_embeddings(
             if hasattr(progress, "set_total"):
                 progress.set_total(0)  # type: ignore[union-attr]
             return hit.to(encoder.device), 0
+    if hasattr(progress, "describe"):
+        progress.describe(f"{split.task.flag} {split.split}", "volumes" if split.images.dim() == 5 else "images")
     if hasattr(progress, "set_total"):
         progress.set_total(n)  # type: ignore[union-attr]
     emb = encode_split(encoder, split, batch_size=batch_size, slice_axis=slice_axis, pool=pool, progress=progress)

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from vlm.errors import VlmError
+from vlm.jobprogress import JobReporter
 from vlm.methods import Job, Method, MethodError, get_method, method_kinds, resume
 from vlm.results import RunRecord, load_runs
 from vlm.tasks import get_task
@@ -238,14 +239,16 @@ def pending_jobs(experiment: Experiment, runs_dir: str | os.PathLike) -> list[Jo
 
 
 def run_job(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str = "auto",
-            cache_dir: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None) -> None:
+            cache_dir: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None,
+            progress: JobReporter | None = None) -> None:
     """Run one job through its method kind (the same library call as its CLI command), or continue it in
-    `resume_dir` (a run folder of it that has a spec.json and no record); its records carry the job key."""
+    `resume_dir` (a run folder of it that has a spec.json and no record); its records carry the job key.
+    `progress` hears its training epochs and encodings."""
     from vlm.scoring import record_tags
 
     with record_tags(**{JOB_KEY: job.key, "experiment_method": job.method.name}):
         if resume_dir is not None:
-            resume(resume_dir, overrides={"device": device}, data_root=data_root)
+            resume(resume_dir, overrides={"device": device}, data_root=data_root, progress=progress)
         else:
             get_method(job.method.kind).run(job, runs_dir=runs_dir, data_root=data_root, device=device,
-                                            cache_dir=cache_dir)
+                                            cache_dir=cache_dir, progress=progress)

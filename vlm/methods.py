@@ -8,7 +8,8 @@ how to `resume` one from the folder's spec.json (whose `entry` names the kind).
 Run specs: a `Method` is a named method of one kind (model, weights, mode, prompts, styles,
 options); a `Job` is a method on one dataset, size and seed, with a stable key.
 
-Adding a kind (e.g. a few-shot method): write `run(job, *, runs_dir, data_root, device, cache_dir)`
+Adding a kind (e.g. a few-shot method): write `run(job, *, runs_dir, data_root, device, cache_dir, progress)`
+(`progress`: a `vlm.jobprogress.JobReporter` or None, to hand to the training loop and the encoders)
 (and `resume(spec, config, **run_kwargs)` if its runs can be resumed), then
 `register_method(MethodKind("few-shot", options=..., run=..., check=..., resume=...))`.
 `vlm run` accepts the new kind at once, and `--resume` of a folder whose spec.json has
@@ -29,6 +30,7 @@ from vlm.embeddings import EmbeddingPolicy
 from vlm.errors import VlmError
 from vlm.fewshot.experiment import FEWSHOT_OPTIONS, run_fewshot_job
 from vlm.finetune import EXTRA_OPTIONS, finetune, finetune_config
+from vlm.jobprogress import JobReporter
 from vlm.training import SPEC_FILE, TrainConfig, TrainProgress, TrainResult, read_spec, train
 from vlm.training.config import option_names
 
@@ -94,7 +96,7 @@ class MethodKind:
 
     name: str
     options: frozenset[str]  # the `options` keys an experiment method of this kind accepts
-    run: Callable[..., Any]  # run(job, *, runs_dir, data_root, device, cache_dir)
+    run: Callable[..., Any]  # run(job, *, runs_dir, data_root, device, cache_dir, progress)
     check: Callable[[str, str | None], None] = lambda model, mode: None  # (model, mode); raises MethodError
     resume: Callable[..., TrainResult] | None = None  # resume(spec, config, **run_kwargs)
 
@@ -204,12 +206,12 @@ def _check_train(model: str, mode: str | None) -> None:
 
 
 def _run_train(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str,
-               cache_dir: str | os.PathLike | None) -> None:
+               cache_dir: str | os.PathLike | None, progress: JobReporter | None = None) -> None:
     method, opts = job.method, dict(job.method.options)
     model_opts, pretrained = opts.pop("model_opts", None), opts.pop("pretrained", None)
     train(job.dataset, method.model, config=TrainConfig(**opts, seed=job.seed, device=device), size=job.size,
           weights=method.weights, pretrained=pretrained, model_opts=model_opts, data_root=data_root,
-          runs_dir=runs_dir)
+          runs_dir=runs_dir, progress=progress)
 
 
 def _resume_train(spec: dict[str, Any], config: TrainConfig, **run_kwargs: Any) -> TrainResult:
@@ -223,13 +225,13 @@ def _check_finetune(model: str, mode: str | None) -> None:
 
 
 def _run_finetune(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str,
-                  cache_dir: str | os.PathLike | None) -> None:
+                  cache_dir: str | os.PathLike | None, progress: JobReporter | None = None) -> None:
     method, opts = job.method, dict(job.method.options)
     extra = {k: opts.pop(k) for k in EXTRA_OPTIONS if k in opts}
     finetune(job.dataset, method.model, mode=method.mode or "linear-probe",
              config=finetune_config(**opts, seed=job.seed, device=device), size=job.size,
              weights=method.weights, data_root=data_root, runs_dir=runs_dir, cache_dir=cache_dir,
-             prompts=method.prompts, **extra)
+             prompts=method.prompts, progress=progress, embed_progress=progress.embed if progress else None, **extra)
 
 
 def _resume_finetune(spec: dict[str, Any], config: TrainConfig, **run_kwargs: Any) -> TrainResult:
@@ -238,14 +240,14 @@ def _resume_finetune(spec: dict[str, Any], config: TrainConfig, **run_kwargs: An
 
 
 def _run_zero_shot(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str,
-                   cache_dir: str | os.PathLike | None) -> None:
+                   cache_dir: str | os.PathLike | None, progress: JobReporter | None = None) -> None:
     from vlm.runtime import resolve_device
     from vlm.zeroshot import run_zero_shot
 
     method = job.method
     run_zero_shot(job.dataset, method.model, weights=method.weights, prompts=method.prompts, styles=method.styles,
                   size=job.size, data_root=data_root, device=str(resolve_device(device)), cache_dir=cache_dir,
-                  runs_dir=runs_dir, seed=job.seed, **method.options)
+                  runs_dir=runs_dir, seed=job.seed, progress=progress.embed if progress else None, **method.options)
 
 
 register_method(MethodKind("train", options=_TRAIN_OPTIONS | {"model_opts", "pretrained"}, run=_run_train,

@@ -6,6 +6,8 @@ SLURM), which get the `Session` pickled. Claims (`vlm.claims`) make sure a job r
 worker died is claimed again and continues in its own run folder from `last.pt` when its method kind
 can resume (`vlm.methods`), else starts over. Each job appends its output to a log file in
 `RUNS/logs/`; a job that raises is marked failed there and the worker goes on with the next one.
+While it runs, its progress (epochs, encodings, its results) goes to `RUNS/.claims/<key>.events`
+(`vlm.jobprogress`), which `vlm run` reads to show it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Iterator
 
 from vlm.claims import HEARTBEAT_S, HOST, STALE_AFTER_S, Claim, Claims
 from vlm.errors import exception_summary
+from vlm.jobprogress import EventWriter, JobReporter, events_path
 from vlm.methods import Job, Method, get_method
 from vlm.results import RECORD_FILE, on_new_run_dir
 
@@ -130,13 +133,16 @@ def run_claimed(session: Session, claims: Claims, job: Job, claim: Claim, *, cap
         return claims.update(claim, state="done") or claim
     resumable = (folder is not None and (folder / SPEC_FILE).is_file() and not (folder / RECORD_FILE).is_file()
                  and get_method(job.method.kind).resume is not None)
-    first_dir: list[Path] = []
+    run_dirs: list[Path] = []
 
     def remember(path: Path) -> None:
-        if not first_dir:
-            first_dir.append(path)
+        if not run_dirs:
             claims.update(claim, run_dir=str(path))
+        run_dirs.append(path)
 
+    events = EventWriter(events_path(session.runs_dir, job.key))
+    events.start(job.label)
+    reporter = JobReporter(events)
     with _heartbeat(claims, claim, session.heartbeat_s), _output(log, capture) as out:
         out.write(f"=== {job.label} · key {job.key} · attempt {claim.attempt} · {HOST} pid {os.getpid()} · "
                   f"worker {claim.worker} · {datetime.now().isoformat(timespec='seconds')}"
@@ -145,16 +151,33 @@ def run_claimed(session: Session, claims: Claims, job: Job, claim: Claim, *, cap
         try:
             with on_new_run_dir(remember):
                 run_job(job, runs_dir=session.runs_dir, data_root=session.data_root, device=session.device,
-                        cache_dir=session.cache_dir, resume_dir=folder if resumable else None)
+                        cache_dir=session.cache_dir, resume_dir=folder if resumable else None, progress=reporter)
         except (KeyboardInterrupt, TrainingInterrupted):
             out.write("=== interrupted\n")
             claims.update(claim, state="interrupted")
             raise
         except Exception as exc:  # noqa: BLE001 - a failed job is reported, the others go on
             out.write(traceback.format_exc() + "=== failed\n")
+            reporter.send("failed", error=exception_summary(exc))
             return claims.update(claim, state="failed", error=exception_summary(exc)) or replace(claim, state="failed")
         out.write("=== done\n")
+    reporter.send("done", results=job_results(run_dirs or ([folder] if folder else [])))
     return claims.update(claim, state="done") or replace(claim, state="done")
+
+
+def job_results(run_dirs: list[Path]) -> list[dict]:
+    """The scored records in a job's run folders: name (the experiment's method name, or the record's
+    label), split, AUC and ACC."""
+    results = []
+    for path in run_dirs:
+        try:
+            record = json.loads((path / RECORD_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        metrics, config = record.get("metrics") or {}, record.get("config") or {}
+        results.append({"name": config.get("experiment_method") or config.get("style") or record.get("method"),
+                        "split": record.get("split"), "auc": metrics.get("auc"), "acc": metrics.get("acc")})
+    return results
 
 
 @contextmanager

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from vlm.commands.common import CacheDirOpt, DataRootOpt, command
@@ -51,7 +52,6 @@ def run_cmd(
     Example: [bold]vlm run experiments/breast_vessel.yaml --data-root ../shared/data/medmnist --workers 2[/]
     """
     from vlm.experiments import load_experiment, pending_jobs
-    from vlm.launch import run_matrix
 
     exp = load_experiment(experiment)
     settings = exp.launch.merged(workers=workers, launcher=launcher, partition=partition, gpus_per_job=gpus_per_job,
@@ -64,22 +64,8 @@ def run_cmd(
                "ran": [], "pending": [j.label for j in todo] if dry_run else [], "failed": [], "left": [],
                "problems": []}
     if not dry_run and todo:
-        from vlm.commands.progress import job_progress
-
-        console = status_console(fmt)
-        console.print(f"{exp.name}: {len(todo)} of {len(jobs)} jobs to run ({len(jobs) - len(todo)} already finished) "
-                      f"-> {folder}", highlight=False)
-        with job_progress(console) as bar:
-            overall = bar.add_task("experiment", total=len(todo))
-
-            def show(status) -> None:
-                running = "".join(f"\n  [dim]{escape(label)}[/]" for label in status.running)
-                bar.update(overall, completed=len(status.done) + len(status.failed), description=(
-                    f"done {len(status.done)} · running {len(status.running)} · failed {len(status.failed)} · "
-                    f"left {len(status.left)}{running}"))
-
-            _, status = run_matrix(exp, runs_dir=folder, data_root=root, device=device or exp.device,
-                                   cache_dir=cache_dir, settings=settings, on_status=show)
+        status = _run_with_progress(exp, todo, folder, status_console(fmt), data_root=root, device=device or exp.device,
+                                    cache_dir=cache_dir, settings=settings)
         summary.update(ran=status.done, left=status.left, problems=status.problems,
                        failed=[{"job": f.job, "log": f.log, "error": f.error} for f in status.failed])
     verb = "to run" if dry_run else "ran"
@@ -92,5 +78,43 @@ def run_cmd(
                for label in summary["left"]]
     blocks += [Line(f"[red]launcher[/] {escape(problem)}") for problem in summary["problems"]]
     if not dry_run:
+        comparison = _comparison(exp, folder)
+        if comparison is not None:
+            summary["comparison"] = comparison.data
+            blocks += comparison.blocks
         blocks.append(Line(f"compare: [bold]vlm compare {escape(str(folder))} --baselines medmnist[/]"))
     return Output(summary, blocks, exit_code=1 if summary["failed"] or summary["left"] else 0)
+
+
+def _run_with_progress(exp: Any, todo: list, folder: Path, console: Console, **run: Any) -> Any:
+    """Run the matrix with its progress on `console`: each job's epochs and encodings, the overall ETA."""
+    from vlm.commands.progress import StatusDisplay, matrix_lines
+    from vlm.launch import run_matrix
+    from vlm.matrix_progress import MatrixProgress
+
+    jobs = exp.jobs()
+    console.print(f"{exp.name}: {len(todo)} of {len(jobs)} jobs to run ({len(jobs) - len(todo)} already finished) "
+                  f"-> {folder}", markup=False, highlight=False, soft_wrap=not console.is_terminal)
+    workers = run["settings"].workers if run["settings"].launcher != "slurm" else len(todo)
+    tracker = MatrixProgress(folder, [(job.key, job.label) for job in todo], workers=workers)
+    with StatusDisplay(console, lambda width: matrix_lines(tracker, width)) as display:
+        def show(status: Any) -> None:
+            display.print_lines(tracker.update(done=status.done, failed={f.job: f.error for f in status.failed}))
+
+        _, status = run_matrix(exp, runs_dir=folder, on_status=show, **run)
+    return status
+
+
+def _comparison(exp: Any, folder: Path) -> Output | None:
+    """The comparison table (`vlm compare`) of the experiment's finished jobs in `folder`, None if none."""
+    from vlm.commands.compare import comparison_output
+    from vlm.compare import comparison_table
+    from vlm.experiments import JOB_KEY
+    from vlm.results import load_runs
+
+    keys = {job.key for job in exp.jobs()}
+    records = [r for r in load_runs(folder) if str(r.config.get(JOB_KEY, "")).split("/")[0] in keys] \
+        if folder.is_dir() else []
+    if not records:
+        return None
+    return comparison_output(comparison_table(records), title=f"{exp.name}: test results in {folder}")

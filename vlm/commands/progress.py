@@ -1,79 +1,142 @@
-"""Rich progress bars of long commands: image encoding and training epochs (shown on the status console)."""
+"""Progress on the status console: live bars on a terminal, one plain line per event elsewhere.
+
+What is shown comes from `vlm.jobprogress` (one job's view) and `vlm.matrix_progress` (a `vlm run`
+matrix). On a terminal a rich Live area at the bottom holds the overall bar with its ETA (`vlm run`)
+and each running job's bar (epoch, batches, loss, best so far; or encoding), drawn to the console's
+width: labels fold onto more lines, numbers are never cut, a bar takes only the room left. The lines the
+events make (a job's start, its epoch rows and encodings, its end and the overall count) are printed
+above the area and stay. Elsewhere (a pipe, a file, CI) only those lines are printed, one per event and
+never wrapped, with no bars and no control codes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.live import Live
+from rich.text import Text
 
+from vlm.jobprogress import JobReporter, JobView, clock_text
 
-class EncodeProgress:
-    """Drives a rich progress task from `image_embeddings(progress=...)` (set_total, then advances)."""
-
-    def __init__(self, progress: Any, description: str, **fields: Any) -> None:
-        self.progress = progress
-        self.description = description
-        self.fields = fields
-        self.task: Any = None
-
-    def set_total(self, total: int) -> None:
-        if total:
-            self.task = self.progress.add_task(self.description, total=total, **self.fields)
-
-    def __call__(self, advance: int) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task, advance)
+MIN_BAR, MAX_BAR = 10, 40
 
 
-def encode_progress(console: Console, description: str) -> tuple[Progress, EncodeProgress]:
-    """A transient encoding bar and the callback that drives it."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=console, transient=True)
-    return progress, EncodeProgress(progress, description)
+def _bar(fraction: float, width: int) -> Text:
+    """A bar of `width` cells: '━' done, '─' to go (readable without colours too)."""
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return Text.assemble(("━" * filled, "bar.complete"), ("─" * (width - filled), "bar.back"))
 
 
-class TrainProgress:
-    """A rich progress bar per epoch (live loss, last val AUC) driven by `vlm.training` events."""
+def bar_line(prefix: str, fraction: float | None, suffix: str, width: int, indent: str = "  ") -> list[Text]:
+    """`prefix ━━━━──── suffix` in `width` cells: the bar gets what the texts leave (10 to 40 cells); when
+    less is left it goes on a line of its own. Without a fraction, the texts alone."""
+    texts = " ".join(t for t in (prefix, suffix) if t)
+    if fraction is None:
+        return [Text(texts)]
+    room = width - cell_len(prefix) - cell_len(suffix) - 2
+    if room >= MIN_BAR:
+        return [Text.assemble(prefix + " ", _bar(fraction, min(room, MAX_BAR)), " " + suffix)]
+    return [Text(texts), Text.assemble(indent, _bar(fraction, max(MIN_BAR, min(MAX_BAR, width - len(indent)))))]
+
+
+def job_lines(view: JobView, width: int, *, header: bool = True, title: str | None = None) -> list[Text]:
+    """A running job: its tag and label (folded to the width), then its phase with a bar, counts and stats."""
+    lines = [Text(f"{view.tag}{view.label}", style="bold")] if header else []
+    spent = f"{clock_text(time.time() - view.started)}" if view.started else ""
+    suffix = " · ".join(s for s in (view.counter(), view.stats, spent) if s)
+    phase = title if title and view.phase.startswith("encoding") else view.phase
+    fraction = view.done / view.total if view.total else None
+    return lines + bar_line(("  " if header else "") + phase, fraction, suffix, width, indent="    ")
+
+
+class _Area:
+    """The live area: whatever `render(width)` returns, redrawn to the console's width."""
+
+    def __init__(self, render: Callable[[int], list[Text]]) -> None:
+        self.render = render
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self.render(options.max_width)
+
+
+class StatusDisplay:
+    """A live area on a terminal console; elsewhere nothing live. `print_lines` prints event lines above it
+    (when `keep_lines`), as plain lines off a terminal."""
+
+    def __init__(self, console: Console, render: Callable[[int], list[Text]], *, keep_lines: bool = True,
+                 enabled: bool = True) -> None:
+        self.console, self.render, self.keep_lines, self.enabled = console, render, keep_lines, enabled
+        self.live: Live | None = None
+
+    def __enter__(self) -> "StatusDisplay":
+        if self.enabled and self.console.is_terminal:
+            self.live = Live(_Area(self.render), console=self.console, refresh_per_second=4, transient=True)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def print_lines(self, lines: list[str]) -> None:
+        if not (self.enabled and self.keep_lines):
+            return
+        for line in lines:
+            if self.live is not None:
+                self.console.print(line, markup=False, highlight=False)
+            else:
+                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+class JobProgress(JobReporter):
+    """One job's display, fed in this process: `vlm train`/`finetune` (progress=bar, embed_progress=bar.embed)
+    and the encoding bars of zero-shot, prompt ranking and robustness (`encode_progress`)."""
+
+    def __init__(self, console: Console, label: str, *, keep_lines: bool = True, title: str | None = None,
+                 enabled: bool = True) -> None:
+        super().__init__(self._take, every_s=0.2)
+        self.view = JobView(label)
+        self.display = StatusDisplay(console, lambda width: job_lines(self.view, width, header=False, title=title)
+                                     if self.view.phase else [], keep_lines=keep_lines, enabled=enabled)
+
+    def __enter__(self) -> "JobProgress":
+        self.display.__enter__()
+        self._take({"t": time.time(), "stage": "start", "label": self.view.label})
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.display.__exit__(*exc)
+
+    def _take(self, event: dict[str, Any]) -> None:
+        self.display.print_lines(self.view.feed(event))
+
+
+class TrainProgress(JobProgress):
+    """The display of one training run: epoch rows kept, the batch bar live (rank 0 only under torchrun)."""
 
     def __init__(self, console: Console, label: str) -> None:
         from vlm.training.distributed import is_main_process
 
-        self.label = label
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
-                                 transient=False, disable=not is_main_process())  # torchrun: rank 0 shows it
-        self.task: Any = None
-        self.last = ""
-        self.embed = EncodeProgress(self.progress, f"{label} encoding", stats="")
-
-    def __enter__(self) -> "TrainProgress":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-    def _stats(self, loss: float | None) -> str:
-        return " · ".join(s for s in (f"loss {loss:.4f}" if loss is not None else "", self.last) if s)
-
-    def __call__(self, event: Any) -> None:
-        if event.stage == "batch":
-            if self.task is None or event.batch == 1:
-                self.task = self.progress.add_task(f"{self.label} epoch {event.epoch}/{event.epochs}",
-                                                   total=event.batches, stats="")
-            self.progress.update(self.task, completed=event.batch, stats=self._stats(event.loss))
-        elif event.stage == "epoch":
-            auc = "-" if event.val_auc is None else f"{event.val_auc:.4f}"
-            best = "-" if event.best_auc is None else f"{event.best_auc:.4f}"
-            self.last = f"val AUC {auc} (best {best} @ {event.best_epoch})"
-            if self.task is not None:
-                self.progress.update(self.task, stats=self._stats(event.loss))
-        elif event.stage == "test":
-            self.progress.add_task(f"{self.label} scoring test with epoch {event.best_epoch}", total=None, stats="")
+        super().__init__(console, label, enabled=is_main_process())
 
 
-def job_progress(console: Console) -> Progress:
-    """The overall bar of `vlm run` (one step per job)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console)
+def encode_progress(console: Console, description: str) -> tuple[JobProgress, Any]:
+    """A transient encoding bar titled `description` and the callback (`progress=`) that drives it."""
+    bar = JobProgress(console, description, keep_lines=False, title=description)
+    return bar, bar.embed
+
+
+def matrix_lines(tracker: Any, width: int) -> list[Text]:
+    """The live area of `vlm run`: the overall bar (jobs done, elapsed, ETA), then every running job."""
+    eta = tracker.eta()
+    done, failed = tracker.count("done"), tracker.count("failed")
+    suffix = (f"{done + failed}/{tracker.total} jobs" + (f" ({failed} failed)" if failed else "")
+              + f" · {clock_text(tracker.elapsed())} · ETA {clock_text(eta) if eta is not None else 'unknown'}")
+    lines = bar_line("all", tracker.finished() / max(tracker.total, 1), suffix, width)
+    for view in tracker.running():
+        lines += job_lines(view, width)
+    return lines

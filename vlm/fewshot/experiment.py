@@ -47,8 +47,9 @@ def _finished_tags(runs_dir: str | os.PathLike) -> set[str]:
 
 
 def run_fewshot_job(job: Any, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str,
-                    cache_dir: str | os.PathLike | None) -> None:
-    """Run the K values of one job that have no record yet, one record per K (see the module doc)."""
+                    cache_dir: str | os.PathLike | None, progress: Any = None) -> None:
+    """Run the K values of one job that have no record yet, one record per K (see the module doc);
+    `progress` (a `vlm.jobprogress.JobReporter`) hears the encodings."""
     from vlm.encoders import load_encoder
     from vlm.runtime import resolve_device
     from vlm.scoring import record_tags
@@ -76,4 +77,5 @@ def run_fewshot_job(job: Any, *, runs_dir: str | os.PathLike, data_root: str | o
             run_fewshot(job.dataset, method.model, methods=[spec.name], shots=[k], seeds=[job.seed],
                         weights=method.weights, size=job.size, data_root=data_root, runs_dir=runs_dir,
                         cache_dir=cache_dir, prompts=method.prompts, style=styles[0] if styles else None,
-                        options={spec.name: opts}, encoder=enc, **run_opts)
+                        options={spec.name: opts}, encoder=enc, progress=progress.embed if progress else None,
+                        **run_opts)
