@@ -26,7 +26,8 @@ def test_roc_figures(bench, name, suffix):
     n_curves = len(records) if name == "binary" else k  # binary: one per run; one run: one per class + macro
     if suffix == ".png":
         png = read_png(path)
-        assert png.size == (840, 960) and not png.is_blank()  # 6.4 x 5.6 in at 150 dpi
+        assert png.size == {"binary": (870, 960), "multiclass": (960, 960)}[name] and not png.is_blank()  # 6.4 in wide,
+        # 5.2 in + 0.2 in per legend row: 3 rows (binary), 6 in two columns (9 classes, macro, chance)
         assert all(png.has(f"C{i}") for i in range(n_curves))  # each curve's tab10 colour
         return
     svg = read_svg(path)
@@ -34,6 +35,7 @@ def test_roc_figures(bench, name, suffix):
     assert "false positive rate" in texts and "true positive rate" in texts
     chance, *curves = svg.lines()
     assert len(chance.xy) == 2 and chance.stroke == "#bfbfbf"
+    assert svg.extent("legend_1")[1] > svg.extent("patch_2")[3]  # below the axes' background: it covers no curve
     if name == "binary":
         assert "ROC · breastmnist 28px test" in texts
         assert svg.legend() == ["chance"] + [f"train tiny seed {r.seed} (AUC {r.metrics['auc']:.3f})" for r in records]
@@ -128,6 +130,15 @@ def test_style_bars(bench, suffix):
                                                  rtol=1e-3)
 
 
+def test_long_titles_are_broken_at_their_separators_not_clipped(tmp_path):
+    title = "Zero-shot prompt styles · hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 · breastmnist 28px test"
+    entries = [{"style": "clip", "auc": 0.8, "acc": 0.7}, {"style": "plain", "auc": 0.6, "acc": 0.5}]
+    svg = read_svg(plots.plot_style_bars(entries, tmp_path / "s.svg", title=title))
+    lines = [span for span in svg.text_spans() if span[0] in title]
+    assert " · ".join(text for text, _, _ in lines) == title and len(lines) == 3
+    assert all(0 <= left and right <= svg.width() for _, left, right in lines)  # every line inside the figure
+
+
 def test_styles_errors(bench, tmp_path):
     records = load_runs(bench["runs"])
     with pytest.raises(VlmError, match="No zero-shot runs of pathmnist"):
@@ -142,16 +153,18 @@ def test_montages_2d_3d_multilabel(bench, flag, suffix):
     path = plots.montage_figure(flag, bench["base"] / f"montage_{flag}{suffix}", data_root=bench["root"], per_class=3)
     if suffix == ".png":
         png = read_png(path)
-        sizes = {"pathmnist": (1612, 1050), "vesselmnist3d": (810, 1417)}  # 7.0 x 10.75 and 9.45 x 5.4 in
-        assert png.size == sizes[flag] and not png.is_blank()
+        sizes = {"pathmnist": (1612, 1050), "vesselmnist3d": (825, 1050)}  # 7 x 10.75 in; 7 x 5.5 in as a 2D
+        assert png.size == sizes[flag] and not png.is_blank()  # binary dataset: a volume's tile is square
         assert all(png.has(f"C{i}") for i in range(3))  # the count bars of train, val, test
         return
     task = get_task(flag)
     k = task.num_classes
     svg = read_svg(path)
     texts = svg.texts()
-    what = "volumes per class (middle axial | coronal | sagittal slices)" if task.is_3d else "images per class"
+    what = "volumes per class (middle axial | coronal / sagittal slices)" if task.is_3d else "images per class"
     assert f"{flag} 28px train: 3 random {what}" in texts
+    axis_word = "volumes" if task.is_3d else "positives" if task.kind == "multi-label" else "images"
+    assert axis_word in svg.texts(f"axes_{k + 1}")  # the count bars' y axis
     assert all(f"{c}: {short(label, 22)}" in texts for c, label in enumerate(task.labels))
     assert texts.count("(3 shown)") == k and svg.images() == k  # one strip of 3 samples per class
     counts = {s: load_split(flag, s, 28, bench["root"]).class_counts() for s in ("train", "val", "test")}
@@ -170,6 +183,10 @@ def test_volume_slices():
     assert image.shape == (8, 4 + 1 + 4 + 1 + 6)  # axial (6x4), coronal (8x4), sagittal (8x6), padded to 8 rows
     assert image[:6, :4].min() == 200
     assert plots.volume_slices(vol[0], mode="axial", every=4).shape == (6, 4 + 1 + 4)
+    grid = plots.volume_slices(vol, mode="grid")  # axial | coronal above, sagittal (8 x 6) below
+    assert grid.shape == (8 + 1 + 8, 4 + 1 + 4) and grid[:6, :4].min() == 200 and (grid[8] == 255).all()
+    cube = plots.volume_slices(np.zeros((28, 28, 28)), mode="grid")
+    assert cube.shape == (57, 57)  # a cube's tile is square, shaped like a 2D image
     with pytest.raises(VlmError):
         plots.volume_slices(np.zeros((4, 4)))
 
@@ -202,3 +219,20 @@ def test_embedding_scatter_multilabel_and_errors(tmp_path):
         plots.plot_embeddings(rng.normal(size=(30, 8)), labels[:29], list("abcd"), tmp_path / "m.png")
     with pytest.raises(VlmError, match="pca or tsne"):
         plots.project_2d(rng.normal(size=(30, 8)), "umap")
+
+
+def test_embeddings_figure_reads_the_cache_and_encodes_nothing(bench, tmp_path):
+    from fixtures.tiny_models import FakeEncoder
+    from vlm.embeddings import image_embeddings
+
+    split = load_split("pathmnist", "test", 28, bench["root"])
+    image_embeddings(FakeEncoder(), split, cache_dir=tmp_path)  # e.g. a zero-shot run cached them
+
+    class Cached(FakeEncoder):
+        def encode_images(self, x):
+            raise AssertionError("encoded an image that the cache holds")
+
+    path = plots.embeddings_figure("pathmnist", "fake", tmp_path / "e.svg", data_root=bench["root"], cache_dir=tmp_path,
+                                   limit=12, encoder=Cached())
+    svg = read_svg(path)
+    assert sum(n for _, n in svg.scatters()) == 12 and "PCA of fake image embeddings · pathmnist 28px test (n=12)" in svg.texts()

@@ -29,11 +29,14 @@ def plot_roc(
 ) -> Path:
     """ROC curves: `entries` are dicts with `label`, `fpr`, `tpr` and optional `auc`, `style`, `color`.
 
-    `style` is a matplotlib line style ("-" by default); the legend shows "label (AUC 0.912)".
+    `style` is a matplotlib line style ("-" by default); the legend shows "label (AUC 0.912)" below the axes,
+    where it covers no curve (two columns from five entries on; the figure grows with its rows).
     """
     if not entries:
         raise VlmError("No ROC curves to plot.")
-    fig = new_figure(6.4, 5.6)
+    ncols = 1 if len(entries) < 4 else 2
+    rows = -(-(len(entries) + 1) // ncols)
+    fig = new_figure(6.4, 5.2 + 0.2 * rows)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.75", lw=1, ls=":", label="chance")
     colors = class_colors(len(entries))
@@ -44,17 +47,23 @@ def plot_roc(
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title=title)
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small" if len(entries) < 8 else "x-small")
+    fig.legend(loc="outside lower center", ncols=ncols, fontsize="small" if len(entries) < 8 else "x-small",
+               frameon=False)
     return save_figure(fig, out)
 
 
 def _run_labels(records: Sequence[RunRecord]) -> list[str]:
+    """Short legend labels: the experiment's method name, else the record's label ("train tiny"); the longer
+    `vlm compare` row label only where two methods share one; " seed N" where a method has several runs."""
     from vlm.compare import method_key, method_labels
 
     identities: dict[str, RunRecord] = {}
     for r in records:
         identities.setdefault(method_key(r), r)
-    labels = method_labels(identities)
+    names = {k: str(r.config.get("experiment_method") or r.label) for k, r in identities.items()}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    full = method_labels(identities) if shared else {}
+    labels = {k: full[k] if n in shared else n for k, n in names.items()}
     keys = [method_key(r) for r in records]
     counts = {k: keys.count(k) for k in keys}
     return [labels[k] + (f" seed {r.seed}" if counts[k] > 1 else "") for k, r in zip(keys, records)]

@@ -97,11 +97,14 @@ def embeddings_figure(
     limit: int | None = 2000,
     seed: int = 0,
     device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    encoder: Any = None,
 ) -> Path:
-    """Encode a split with an encoder (`vlm.encoders.load_encoder` + `vlm.embeddings.image_embeddings`,
-    which caches embeddings) and plot them by class; `limit` keeps a random subset of that many images
-    (0/None: all) before encoding."""
-    from vlm.data import Split, load_split
+    """Plot a split's image embeddings by class: the embedding cache's (`vlm.embeddings.image_embeddings`, the
+    whole split, as zero-shot and the linear probe cache it; 3D: slices along D, mean-pooled), encoded and
+    cached when it has none; the encoder loads lazily, so a cache hit builds no model. `limit` keeps a random
+    subset of that many points (0/None: all); `encoder` reuses a loaded encoder."""
+    from vlm.data import load_split
 
     check_out(out)
     if method not in ("pca", "tsne"):
@@ -110,11 +113,12 @@ def embeddings_figure(
     from vlm.encoders import load_encoder
 
     data = load_split(flag, split, size, data_root)
+    enc = encoder if encoder is not None else load_encoder(encoder_name, weights, device=device, lazy=True)
+    emb, _ = image_embeddings(enc, data, cache_dir=cache_dir)
+    labels = data.labels
     if limit and len(data) > limit:
         idx = np.sort(np.random.default_rng(seed).permutation(len(data))[:limit])
-        data = Split(data.images[idx], data.labels[idx], data.task, data.split, data.size)
-    encoder = load_encoder(encoder_name, weights, device=device)
-    emb, _ = image_embeddings(encoder, data)
-    return plot_embeddings(emb, data.labels, data.task.labels, out, method=method, seed=seed,
+        emb, labels = as_np(emb)[idx], as_np(labels)[idx]
+    return plot_embeddings(emb, labels, data.task.labels, out, method=method, seed=seed,
                            title=f"{method.upper()} of {encoder_name} image embeddings · {data.task.flag} {size}px "
-                                 f"{split} (n={len(data)})")
+                                 f"{split} (n={len(labels)})")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from vlm.errors import VlmError
-from vlm.plots.figure import check_out, new_figure, save_figure, short
+from vlm.plots.figure import check_out, new_figure, one_model, save_figure, short
 from vlm.plots.styles import ZERO_SHOT
 from vlm.results import RunRecord
 from vlm.tasks import get_task
@@ -119,26 +119,16 @@ def fewshot_figure(
     if not runs:
         raise VlmError(f"No few-shot runs of {task.flag}{'' if size is None else f' ({size}px)'} to plot; run "
                        f"`vlm fewshot {task.flag} ...` first.")
-    models = sorted({r.model for r in runs})
-    if model is not None:
-        runs = [r for r in runs if model in (r.model, r.config.get("model_name"))]
-        if not runs:
-            raise VlmError(f"No few-shot runs of {task.flag} with model '{model}'; models there: {', '.join(models)}.")
-    elif len(models) > 1:
-        raise VlmError(f"Few-shot runs of {task.flag} use several models ({', '.join(models)}): pick one with --model.")
-    sizes = sorted({int(r.size) for r in runs})
-    if len(sizes) > 1:
-        raise VlmError(f"Few-shot runs of {task.flag} at several sizes ({', '.join(map(str, sizes))}): pick one "
-                       f"with --size.")
+    runs, size = one_model(runs, task.flag, "few-shot", model)
     runs = _latest(runs, lambda r: (_curve_label(r), str(r.config.get("shots")), r.seed))
     curves: dict[str, list[dict[str, Any]]] = {}
     for label in dict.fromkeys(_curve_label(r) for r in runs):
         curves[label] = curve_summary(curve_rows([r for r in runs if _curve_label(r) == label]))
     encoder = runs[0].model
     zs = _latest([r for r in records if r.method == ZERO_SHOT and r.dataset == task.flag and r.model == encoder
-                  and r.split == "test" and int(r.size) == sizes[0]], lambda r: r.config.get("style"))
+                  and r.split == "test" and int(r.size) == size], lambda r: r.config.get("style"))
     lines = [{"label": ZERO_SHOT if len(zs) == 1 else f"{ZERO_SHOT} [{r.config.get('style')}]",
               "auc": r.metrics.get("auc"), "acc": r.metrics.get("acc")} for r in zs]
     n_seeds = len({r.seed for r in runs})
     over = "one seed" if n_seeds == 1 else f"mean ± std over {n_seeds} seeds"
-    return plot_fewshot(curves, out, zero_shot=lines, title=f"Few-shot · {task.flag} {sizes[0]}px · {encoder} · {over}")
+    return plot_fewshot(curves, out, zero_shot=lines, title=f"Few-shot · {task.flag} {size}px · {encoder} · {over}")

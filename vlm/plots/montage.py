@@ -16,7 +16,9 @@ from vlm.tasks import SPLITS, TaskSpec
 
 def volume_slices(volume: Any, mode: str = "middle", every: int = 4) -> np.ndarray:
     """One 2D image from a volume (C, D, H, W) or (D, H, W): the middle axial, coronal and sagittal
-    slices side by side (`mode="middle"`), or every `every`-th axial slice in a row (`mode="axial"`).
+    slices side by side (`mode="middle"`), the same three in a square 2 x 2 tile (axial and coronal
+    above, sagittal below; `mode="grid"`, a montage's tile, shaped like a 2D image), or every `every`-th
+    axial slice in a row (`mode="axial"`).
 
     Channels are averaged; slices are separated by a 1-pixel bright line.
     """
@@ -26,6 +28,13 @@ def volume_slices(volume: Any, mode: str = "middle", every: int = 4) -> np.ndarr
     if vol.ndim != 3:
         raise VlmError(f"A volume must be (D, H, W) or (C, D, H, W); got shape {vol.shape}.")
     d, h, w = vol.shape
+    if mode == "grid":
+        top, bottom = volume_slices(vol, "middle")[:, : 2 * w + 1], vol[:, :, w // 2]  # (D or H, ...), (D, H)
+        tile = np.zeros((top.shape[0] + 1 + d, max(top.shape[1], h)))
+        tile[: top.shape[0], : top.shape[1]] = top
+        tile[top.shape[0]] = 255.0
+        tile[top.shape[0] + 1:, :h] = bottom
+        return tile
     if mode == "middle":
         slices = [vol[d // 2], vol[:, h // 2, :], vol[:, :, w // 2]]
     elif mode == "axial":
@@ -45,7 +54,7 @@ def volume_slices(volume: Any, mode: str = "middle", every: int = 4) -> np.ndarr
 def _tile(image: np.ndarray, is_3d: bool) -> np.ndarray:
     """(H, W) grey or (H, W, 3) colour display image of one sample (C, H, W) / (C, D, H, W)."""
     if is_3d:
-        return volume_slices(image)
+        return volume_slices(image, "grid")
     if image.shape[0] == 1:
         return image[0].astype(float)
     return np.transpose(image, (1, 2, 0)).astype(float) / 255.0
@@ -88,7 +97,7 @@ def plot_montage(
     # Samples are separated by a gap (3D: a wider grey one, since a volume's slices have white separators).
     gap_w, gap_value = (4, 128.0) if task.is_3d else (2, 255.0)
     aspect = tw / th
-    row_h = 0.75 if not task.is_3d else 0.7
+    row_h = 0.75
     width = min(18.0, max(7.0, per_class * row_h * aspect + 3.0))
     extra = 3.2 if counts else 0.0
     fig = new_figure(width, k * row_h + extra + 0.8)
@@ -120,11 +129,11 @@ def plot_montage(
             ax.bar(x + (i - (len(splits) - 1) / 2) * width_bar, values, width_bar, label=f"{s} ({int(values.sum())})")
         ax.set_xticks(x, [short(n, 16) for n in task.labels], rotation=45 if k > 4 else 0,
                       ha="right" if k > 4 else "center", fontsize=7)
-        ax.set_ylabel("positives" if task.kind == "multi-label" else "images")
+        ax.set_ylabel("positives" if task.kind == "multi-label" else "volumes" if task.is_3d else "images")
         ax.set_title("class counts per split", fontsize=9)
         ax.legend(fontsize="x-small")
         ax.grid(axis="y", alpha=0.3)
-    what = "middle axial / coronal / sagittal slices" if task.is_3d else "samples"
+    what = "volumes (middle axial | coronal / sagittal slices)" if task.is_3d else "samples"
     fig.suptitle(title or f"{task.flag}: {per_class} random {what} per class", fontsize=10)
     return save_figure(fig, out)
 
@@ -148,6 +157,6 @@ def montage_figure(
     shown = load_split(flag, split, size, data_root)
     counts = {s: (shown if s == split else load_split(shown.task, s, size, data_root)).class_counts() for s in SPLITS}
     title = f"{shown.task.flag} {size}px {split}: {per_class} random " + (
-        "volumes per class (middle axial | coronal | sagittal slices)" if shown.task.is_3d else "images per class")
+        "volumes per class (middle axial | coronal / sagittal slices)" if shown.task.is_3d else "images per class")
     return plot_montage(shown.images, shown.labels, shown.task, out, per_class=per_class, counts=counts, title=title,
                         seed=seed)

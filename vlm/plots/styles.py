@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from vlm.errors import VlmError
-from vlm.plots.figure import check_out, new_figure, save_figure, short
+from vlm.plots.figure import check_out, new_figure, one_model, save_figure, short
 from vlm.results import RunRecord
 from vlm.tasks import get_task
 
@@ -76,20 +76,11 @@ def styles_figure(
     if not runs:
         raise VlmError(f"No zero-shot runs of {task.flag} ({split} split{'' if size is None else f', {size}px'}) "
                        f"to plot; run `vlm zero-shot {task.flag} ...` first.")
-    models = sorted({r.model for r in runs})
-    if model is None and len(models) > 1:
-        raise VlmError(f"Zero-shot runs of {task.flag} use several models ({', '.join(models)}): pick one with --model.")
-    if model is not None:
-        runs = [r for r in runs if r.model == model]
-        if not runs:
-            raise VlmError(f"No zero-shot runs of {task.flag} with model '{model}'; models there: {', '.join(models)}.")
-    sizes = sorted({int(r.size) for r in runs})
-    if len(sizes) > 1:
-        raise VlmError(f"Zero-shot runs of {task.flag} at several sizes ({', '.join(map(str, sizes))}): pick one with --size.")
+    runs, size = one_model(runs, task.flag, "zero-shot", model)
     by_style: dict[str, RunRecord] = {}
     for r in runs:  # oldest first: the newest record of a style wins
         by_style[str(r.config.get("style") or "default")] = r
     entries = [{"style": s, "auc": r.metrics.get("auc"), "acc": r.metrics.get("acc"), "auc_ci": r.metrics.get("auc_ci"),
                 "acc_ci": r.metrics.get("acc_ci")} for s, r in by_style.items()]
     r0 = runs[0]
-    return plot_style_bars(entries, out, f"Zero-shot prompt styles · {r0.model} · {task.flag} {sizes[0]}px {split}")
+    return plot_style_bars(entries, out, f"Zero-shot prompt styles · {r0.model} · {task.flag} {size}px {split}")
