@@ -108,9 +108,9 @@ class RunControl:
         show_default=False)] = None
     amp: Annotated[Optional[bool], typer.Option(
         "--amp/--no-amp", help="bf16 autocast of the forward pass (weights and optimizer stay fp32). --amp turns it on "
-                               "for the CPU too: worth it for dense 3D convolutions on CPUs with AVX-512 BF16 or AMX "
-                               "(acs:resnet18 steps 2x faster on an AMD EPYC, EfficientNet slices 2.3x slower), less "
-                               "exact \\[default: on for CUDA, off for CPU].",
+                               "for the CPU too: worth trying for dense 3D convolutions (acs:resnet18 steps 2x faster "
+                               "on this project's AVX2-only AMD EPYC, EfficientNet slices 2.3x slower), less exact "
+                               "\\[default: on for CUDA, off for CPU].",
         show_default=False)] = None
     bootstrap: Annotated[Optional[int], typer.Option(
         "--bootstrap", help="Bootstrap rounds for the test 95% CIs (0: none) \\[default: 1000].",
