@@ -17,7 +17,8 @@ from vlm.commands.common import VlmGroup
 app = typer.Typer(
     cls=VlmGroup,
     name="vlm",
-    help="Medical image classification on MedMNIST: zero-shot VLMs, fine-tuning and transfer learning, one evaluator.",
+    help="Medical image classification on MedMNIST: zero-shot VLMs, fine-tuning and transfer learning, one evaluator."
+         "\n\nExample: [bold]vlm run experiments/quick.yaml --data-root ../shared/data/medmnist[/]",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",

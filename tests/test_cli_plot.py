@@ -35,7 +35,7 @@ def test_cli_plot_roc_confusion_styles_montage(bench, tmp_path):
                     "--out", tmp_path / "roc.png")
     assert result.exit_code == 0 and "roc.png" in result.stdout
     png = read_png(tmp_path / "roc.png")  # the one run: nine class curves (tab10) and the black macro curve
-    assert png.size == (840, 960) and all(png.has(f"C{i}") for i in range(9))
+    assert png.size == (960, 960) and all(png.has(f"C{i}") for i in range(9))
     result = invoke("plot", "confusion", bench["binary"][0].run_id, "--runs-dir", runs, "--out", tmp_path / "cm.png",
                     "--json")
     assert result.exit_code == 0
@@ -67,24 +67,28 @@ def test_cli_plot_errors(bench, tmp_path):
     assert result.exit_code == 2 and ".png or .svg" in result.output
 
 
-def test_cli_plot_embeddings_uses_encoder_and_embeddings(bench, tmp_path, monkeypatch):
+def test_cli_plot_embeddings_reads_the_whole_split_through_the_cache(bench, tmp_path, monkeypatch):
     calls = {}
 
-    def load_encoder(name, weights=None, device="cpu"):
-        calls["encoder"] = (name, weights, device)
+    def load_encoder(name, weights=None, device="cpu", lazy=False):
+        calls["encoder"] = (name, weights, device, lazy)
         return "ENC"
 
     def image_embeddings(encoder, split, **kwargs):  # returns (embeddings, images encoded), as vlm.embeddings
-        calls["split"] = (encoder, split.task.flag, len(split))
+        calls["split"] = (encoder, split.task.flag, len(split), kwargs)
         return torch.randn(len(split), 12, generator=torch.Generator().manual_seed(0)), len(split)
 
     monkeypatch.setitem(sys.modules, "vlm.encoders", types.SimpleNamespace(load_encoder=load_encoder))
     monkeypatch.setitem(sys.modules, "vlm.embeddings", types.SimpleNamespace(image_embeddings=image_embeddings))
-    out = tmp_path / "emb.png"
+    out = tmp_path / "emb.svg"
     result = invoke("plot", "embeddings", "pathmnist", "--model", "tiny-clip", "--weights", "w.pt", "--data-root",
-                    bench["root"], "--limit", 15, "--device", "cpu", "--out", out, "--json")
+                    bench["root"], "--limit", 15, "--device", "cpu", "--cache-dir", tmp_path / "cache", "--out", out,
+                    "--json")
     assert result.exit_code == 0, result.output
-    assert calls == {"encoder": ("tiny-clip", "w.pt", "cpu"), "split": ("ENC", "pathmnist", 15)}
+    # the lazy encoder builds nothing while the cache answers; the cache entry is the whole split's (20 images)
+    assert calls == {"encoder": ("tiny-clip", "w.pt", "cpu", True),
+                     "split": ("ENC", "pathmnist", 20, {"cache_dir": tmp_path / "cache"})}
     assert json.loads(result.stdout)["file"] == str(out)
-    png = read_png(out)
-    assert png.size == (870, 1080) and not png.is_blank()
+    svg = read_svg(out)
+    assert sum(n for _, n in svg.scatters()) == 15 and "PCA of tiny-clip image embeddings · pathmnist 28px test (n=15)" \
+        in " ".join(svg.texts())

@@ -61,7 +61,7 @@ def calibrate_cmd(
     calibrated test metrics with CIs), written atomically into its own record.json. Runs without
     saved logits (kNN, `vlm evaluate` records, zero-shot runs made without --calibrate) are refused.
 
-    Example: [bold]vlm calibrate 20250101-120000_breastmnist_train_medmnist-resnet18 --data-root ../shared/data/medmnist[/]
+    Example: [bold]vlm calibrate runs/*_breastmnist_train_medmnist-resnet18 --data-root ../shared/data/medmnist[/]
     """
     from vlm.calibrate import calibrate_run
 

@@ -36,6 +36,14 @@ def reflow(text: str | None) -> str | None:
     return "\n\n".join(paragraphs)
 
 
+def flags_as_flags(cmd: Any, ctx: Any) -> None:
+    """Boolean flags (--json, --dry-run, --help, ...) show no `<bool>` value in help: typer's rich help gives
+    every option its type unless it has a metavar, so flags get an empty one."""
+    for param in [*cmd.params, cmd.get_help_option(ctx)]:
+        if getattr(param, "is_bool_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
 class VlmGroup(TyperGroup):
     """Runs a command and turns user errors into one stderr line and exit code 2; reflows help."""
 
@@ -43,10 +51,12 @@ class VlmGroup(TyperGroup):
         cmd = super().get_command(ctx, cmd_name)
         if cmd is not None:
             cmd.help = reflow(cmd.help)
+            flags_as_flags(cmd, ctx)
         return cmd
 
     def format_help(self, ctx, formatter):  # type: ignore[override]
         self.help = reflow(self.help)
+        flags_as_flags(self, ctx)
         return super().format_help(ctx, formatter)
 
     def invoke(self, ctx):  # type: ignore[override]
@@ -116,7 +126,18 @@ VerifyOpt = Annotated[bool, typer.Option("--verify", help="Check the dataset fil
 SizeOpt = Annotated[int, typer.Option("--size", help="Image size of the dataset file: 28/64/128/224 (2D), 28/64 (3D).")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Split to score: train, val or test.")]
 RunsDirOpt = Annotated[Path, typer.Option("--runs-dir", help="Folder that holds run records (one sub-folder per run).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (bootstrap resampling, training, sampling).")]
+
+
+def seed_opt(what: str) -> Any:
+    """`--seed` with help that says what it seeds in this command (`seed: seed_opt("the bootstrap") = 0`)."""
+    return Annotated[int, typer.Option("--seed", help=f"Random seed of {what}.")]
+
+
+def split_opt(help: str) -> Any:
+    """`--split` with this command's help (SplitOpt: the split a command scores)."""
+    return Annotated[str, typer.Option("--split", help=help)]
+
+
 BootstrapOpt = Annotated[int, typer.Option("--bootstrap", help="Bootstrap rounds for 95% confidence intervals (0: none).")]
 FlagArg = Annotated[str, typer.Argument(help="Dataset flag, e.g. breastmnist or vesselmnist3d (see `vlm datasets`).")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option(

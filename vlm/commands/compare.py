@@ -136,7 +136,7 @@ def compare_cmd(
 
     Example: [bold]vlm compare runs --dataset breastmnist --baselines medmnist --format markdown[/]
     Example: [bold]vlm compare runs --metrics auc,acc,ece,brier[/]
-    Example: [bold]vlm compare runs --pair RUN_A RUN_B --bootstrap 2000 --data-root ../shared/data/medmnist[/]
+    Example: [bold]vlm compare runs --pair runs/*_breastmnist_train_medmnist-resnet18 runs/*_breastmnist_linear-probe_timm-tf_efficientnet_lite0 --bootstrap 2000 --data-root ../shared/data/medmnist[/]
     """
     from vlm import compare
     from vlm.compare_model import parse_metrics

@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from vlm.commands.common import BootstrapOpt, DataRootOpt, DownloadOpt, FlagArg, RunsDirOpt, SeedOpt, SizeOpt
-from vlm.commands.common import SplitOpt, VerifyOpt, VlmGroup, command
+from vlm.commands.common import BootstrapOpt, DataRootOpt, DownloadOpt, FlagArg, RunsDirOpt, SizeOpt
+from vlm.commands.common import SplitOpt, VerifyOpt, VlmGroup, command, seed_opt
 from vlm.commands.output import Block, Line, Output, Styled, Table, columns
 from vlm.commands.views import metrics_table
 
 if TYPE_CHECKING:
     from vlm.tasks import TaskSpec
 
-datasets_app = typer.Typer(cls=VlmGroup, help="The 18 MedMNIST datasets.", invoke_without_command=True)
+datasets_app = typer.Typer(cls=VlmGroup, invoke_without_command=True)  # help: the callback's docstring
 
 
 def task_summary(task: TaskSpec, present: list[int]) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def evaluate_cmd(
     data_root: DataRootOpt = None,
     threshold: Annotated[float, typer.Option("--threshold", help="Decision threshold for binary and multi-label ACC.")] = 0.5,
     bootstrap: BootstrapOpt = 1000,
-    seed: SeedOpt = 0,
+    seed: seed_opt("the bootstrap resampling") = 0,
     record: Annotated[bool, typer.Option("--record", help="Also write a run record (JSON + scores) under --runs-dir.")] = False,
     runs_dir: RunsDirOpt = Path("runs"),
 ) -> Output:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vlm.commands.common import BootstrapOpt, CacheDirOpt, DataRootOpt, DownloadOpt, SeedOpt
+from vlm.commands.common import BootstrapOpt, CacheDirOpt, DataRootOpt, DownloadOpt, seed_opt
 
 PromptsFileOpt = Annotated[
     Optional[Path],
@@ -54,7 +54,7 @@ class ScoringOptions:
     data_root: DataRootOpt = None
     download: DownloadOpt = False
     bootstrap: BootstrapOpt = 1000
-    seed: SeedOpt = 0
+    seed: seed_opt("the bootstrap resampling") = 0
 
 
 def encoder_kwargs(encode: EncodeOptions, scoring: ScoringOptions) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def run_cmd(
     a job twice, and a job whose worker died runs again (resuming its last.pt). A failed job does not
     stop the others; its log is in RUNS_DIR/logs and the exit code is 1.
 
-    Example: [bold]vlm run experiments/breast_vessel.yaml --data-root ../shared/data/medmnist --workers 2[/]
+    Example: [bold]vlm run experiments/quick.yaml --data-root ../shared/data/medmnist --workers 2[/]
     """
     from vlm.experiments import load_experiment, pending_jobs
 

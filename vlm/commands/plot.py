@@ -8,14 +8,18 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from vlm.commands.common import DataRootOpt, FlagArg, RunsDirOpt, SeedOpt, SizeOpt, SplitOpt, VlmGroup, command
+from vlm.commands.common import CacheDirOpt, DataRootOpt, FlagArg, RunsDirOpt, SizeOpt, VlmGroup, command, seed_opt
+from vlm.commands.common import split_opt
 from vlm.commands.output import Line, Output
 from vlm.errors import VlmError
 
 plot_app = typer.Typer(cls=VlmGroup, no_args_is_help=True,
                        help="Figures (PNG or SVG by file suffix): ROC curves, confusion matrices, reliability "
                             "diagrams, MedMNIST-C robustness, prompt styles, data montages, embedding scatters, "
-                            "few-shot curves.")
+                            "few-shot curves.\n\n"
+                            "Example: [bold]vlm plot montage breastmnist --data-root ../shared/data/medmnist "
+                            "--out montage.png[/]")
+RunsSplitOpt = split_opt("Split of the runs: train, val or test.")
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Figure file to write: .png or .svg (written atomically).")]
 
 
@@ -31,7 +35,7 @@ def plot_roc_cmd(
     out_file: OutOpt,
     runs_dir: RunsDirOpt = Path("runs"),
     size: SizeOpt = 28,
-    split: SplitOpt = "test",
+    split: RunsSplitOpt = "test",
     run: Annotated[Optional[list[str]], typer.Option(
         "--run", help="Only this run (id in --runs-dir or a run folder); repeatable \\[default: all runs of FLAG].",
         show_default=False)] = None,
@@ -73,7 +77,7 @@ def plot_confusion_cmd(
 ) -> Output:
     """Confusion matrix of a run: counts and row-normalised rates (multi-label: TN/FP/FN/TP per label).
 
-    Example: [bold]vlm plot confusion 20240101-120000_breastmnist_train_resnet18 --out cm.svg[/]
+    Example: [bold]vlm plot confusion runs/*_breastmnist_train_medmnist-resnet18 --out cm.svg[/]
     """
     from vlm.compare import resolve_run
     from vlm.plots import confusion_figure
@@ -90,14 +94,14 @@ def plot_reliability_cmd(
     runs_dir: RunsDirOpt = Path("runs"),
     dataset: Annotated[Optional[str], typer.Option(
         "--dataset", help="Scores file: the dataset flag of its labels.", show_default=False)] = None,
-    split: SplitOpt = "test",
+    split: split_opt("Scores file: the split of its rows (train, val or test).") = "test",
     size: SizeOpt = 28,
     data_root: DataRootOpt = None,
 ) -> Output:
     """Reliability diagram of a run or a scores file: top-label accuracy against confidence (15 bins), ECE in the
     title; a calibrated run is drawn before and after temperature scaling.
 
-    Example: [bold]vlm plot reliability 20250101-120000_breastmnist_train_resnet18 --out reliability.png[/]
+    Example: [bold]vlm plot reliability runs/*_breastmnist_train_medmnist-resnet18 --data-root ../shared/data/medmnist --out reliability.png[/]
     """
     from vlm.plots.reliability import reliability_figure
 
@@ -117,7 +121,7 @@ def plot_robustness_cmd(
 ) -> Output:
     """MedMNIST-C robustness: AUC (or --metric) against severity, one line per corruption, one panel per run.
 
-    Example: [bold]vlm plot robustness RUN_A RUN_B --out robustness.png[/]
+    Example: [bold]vlm plot robustness runs/*_breastmnist_train_medmnist-resnet18 --out robustness.png[/]
     """
     from vlm.plots.robustness import robustness_figure
 
@@ -130,15 +134,16 @@ def plot_styles_cmd(
     flag: FlagArg,
     out_file: OutOpt,
     model: Annotated[Optional[str], typer.Option(
-        "--model", help="Encoder of the zero-shot runs \\[default: the only one].", show_default=False)] = None,
+        "--model", help="Encoder of the zero-shot runs: its recorded id (open_clip:ViT-B-32) or the --model name "
+                        "given to `vlm zero-shot` \\[default: the only one].", show_default=False)] = None,
     runs_dir: RunsDirOpt = Path("runs"),
-    split: SplitOpt = "test",
+    split: RunsSplitOpt = "test",
     size: Annotated[Optional[int], typer.Option(
         "--size", help="Image size of the runs \\[default: the only one].", show_default=False)] = None,
 ) -> Output:
     """Prompt styles of a dataset's zero-shot runs: AUC and ACC per style with 95% CI error bars.
 
-    Example: [bold]vlm plot styles breastmnist --model ViT-B-32 --out styles.png[/]
+    Example: [bold]vlm plot styles breastmnist --model open_clip:ViT-B-32 --out styles.png[/]
     """
     from vlm.plots import styles_figure
     from vlm.results import load_runs
@@ -155,7 +160,7 @@ def plot_montage_cmd(
     size: SizeOpt = 28,
     split: Annotated[str, typer.Option("--split", help="Split the samples are drawn from: train, val or test.")] = "train",
     per_class: Annotated[int, typer.Option("--per-class", help="Samples shown per class.")] = 8,
-    seed: SeedOpt = 0,
+    seed: seed_opt("the samples shown") = 0,
 ) -> Output:
     """Random samples per class (3D: middle slices along each axis) and class counts per split.
 
@@ -178,19 +183,24 @@ def plot_embeddings_cmd(
     method: Annotated[str, typer.Option("--method", help="Projection: pca or tsne.")] = "pca",
     data_root: DataRootOpt = None,
     size: SizeOpt = 28,
-    split: SplitOpt = "test",
+    split: split_opt("Split to encode (or read from the cache): train, val or test.") = "test",
     limit: Annotated[int, typer.Option("--limit", help="Plot a random subset of this many images (0: all).")] = 2000,
-    seed: SeedOpt = 0,
+    seed: seed_opt("the --limit subset and the t-SNE") = 0,
     device: Annotated[str, typer.Option("--device", help="Device that runs the encoder: auto, cpu, cuda or cuda:N.")] = "auto",
+    cache_dir: CacheDirOpt = None,
 ) -> Output:
     """PCA or t-SNE scatter of an encoder's image embeddings of a split, coloured by class.
 
-    Example: [bold]vlm plot embeddings breastmnist --model ViT-B-32 --weights openai --method tsne --out emb.png[/]
+    The embeddings are the cached ones of `vlm zero-shot`/`finetune --mode linear-probe` (3D: slices along D,
+    mean-pooled) when the cache has them; else the split is encoded once and cached.
+
+    Example: [bold]vlm plot embeddings breastmnist --model ViT-B-32 --weights vitb32.pt --data-root ../shared/data/medmnist --method tsne --out emb.png[/]
     """
     from vlm.plots import embeddings_figure
 
     return _wrote(embeddings_figure(flag, model, out_file, weights=weights, method=method.lower(), split=split,
-                                    size=size, data_root=data_root, limit=limit or None, seed=seed, device=device))
+                                    size=size, data_root=data_root, limit=limit or None, seed=seed, device=device,
+                                    cache_dir=cache_dir))
 
 
 @plot_app.command("fewshot")
@@ -211,7 +221,7 @@ def plot_fewshot_cmd(
     seeds, one curve per method; the encoder's zero-shot runs in the folder as horizontal lines and the
     full-data results (--shots all) as points at the right.
 
-    Example: [bold]vlm plot fewshot runs --dataset breastmnist --out fewshot.png[/]
+    Example: [bold]vlm plot fewshot runs --dataset breastmnist --model tf_efficientnet_lite0 --out fewshot.png[/]
     """
     from vlm.plots import fewshot_figure
     from vlm.results import load_runs

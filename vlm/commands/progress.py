@@ -33,9 +33,9 @@ def _bar(fraction: float, width: int) -> Text:
 def bar_line(prefix: str, fraction: float | None, suffix: str, width: int, indent: str = "  ") -> list[Text]:
     """`prefix ━━━━──── suffix` in `width` cells: the bar gets what the texts leave (10 to 40 cells); when
     less is left it goes on a line of its own. Without a fraction, the texts alone."""
-    texts = " ".join(t for t in (prefix, suffix) if t)
     if fraction is None:
-        return [Text(texts)]
+        return [Text(" · ".join(t for t in (prefix, suffix) if t))]
+    texts = " ".join(t for t in (prefix, suffix) if t)
     room = width - cell_len(prefix) - cell_len(suffix) - 2
     if room >= MIN_BAR:
         return [Text.assemble(prefix + " ", _bar(fraction, min(room, MAX_BAR)), " " + suffix)]

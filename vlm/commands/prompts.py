@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from vlm.prompts import PromptSet
 
 prompts_app = typer.Typer(cls=VlmGroup, no_args_is_help=True,
-                          help="Prompt-set files (prompts/<flag>.yaml): list, show and validate them.")
+                          help="Prompt-set files (prompts/<flag>.yaml): list, show and validate them, and rank "
+                               "their styles by zero-shot AUC on the val split (compare).\n\n"
+                               "Example: [bold]vlm prompts show breastmnist --style clip[/]")
 
 
 def prompt_set_summary(ps: PromptSet) -> dict[str, Any]:
@@ -96,7 +98,7 @@ def prompts_validate(
 ) -> Output:
     """Check prompt-set files: OK, or one error line naming the file and the field. Exit code 2 if any fails.
 
-    Example: [bold]vlm prompts validate prompts/*.yaml my_prompts.yaml[/]
+    Example: [bold]vlm prompts validate prompts/*.yaml[/]
     """
     from vlm.prompts import validate_prompt_set
 
@@ -146,7 +148,7 @@ def prompts_compare(
     shown again after every save of a prompt file; a file that does not parse prints its error and the
     watch goes on.
 
-    Example: [bold]vlm prompts compare breastmnist --model biomedclip --prompts prompts/breastmnist.yaml mine.yaml[/]
+    Example: [bold]vlm prompts compare breastmnist --model ViT-B-32 --weights vitb32.pt --prompts prompts/breastmnist.yaml mine.yaml --data-root ../shared/data/medmnist[/]
     """
     from vlm.commands.progress import encode_progress
     from vlm.zeroshot import prompt_ranker

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.markup import escape
 
-from vlm.commands.common import BootstrapOpt, DataRootOpt, FlagArg, RunsDirOpt, SeedOpt, command
+from vlm.commands.common import BootstrapOpt, DataRootOpt, FlagArg, RunsDirOpt, command, seed_opt
 from vlm.commands.output import FormatOpt, Line, Output, Table, columns, status_console
 
 CSV_FIELDS = ("corruption", "severity", "auc", "auc_lo", "auc_hi", "acc", "ece", "brier", "balanced_error",
@@ -61,7 +61,7 @@ def robustness_cmd(
         show_default=False)] = None,
     severity: Annotated[Optional[list[int]], typer.Option(
         "--severity", help="Only this severity 1-5 (repeatable) \\[default: all five].", show_default=False)] = None,
-    seed: SeedOpt = 0,
+    seed: seed_opt("the corruptions (each dataset, corruption and severity draws from its own stream) and the bootstrap") = 0,
     bootstrap: BootstrapOpt = 0,
     device: Annotated[str, typer.Option("--device", help="Device: auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 256,
@@ -73,7 +73,7 @@ def robustness_cmd(
     BE and RBE normalise the mean balanced error per corruption by AlexNet's (224 px) as medmnistc does;
     the report is also written to the run folder as robustness.json (`vlm plot robustness RUN`).
 
-    Example: [bold]vlm robustness breastmnist --run runs/2025..._breastmnist_train_medmnist-resnet18 --data-root ../shared/data/medmnist[/]
+    Example: [bold]vlm robustness breastmnist --run runs/*_breastmnist_train_medmnist-resnet18 --data-root ../shared/data/medmnist --severity 3[/]
     """
     from vlm.commands.progress import encode_progress
     from vlm.robustness import SEVERITIES, robustness

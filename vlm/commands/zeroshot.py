@@ -61,8 +61,8 @@ def zero_shot_cmd(
     prompt file's styles are ranked on the val split and test is scored once with the winner; the
     ranking is kept in the record and in --json as "selection".
 
-    Example: [bold]vlm zero-shot breastmnist --model biomedclip --style clip --data-root ../shared/data/medmnist[/]
-    Example: [bold]vlm zero-shot breastmnist --model ViT-B-32 --weights vitb32.pt --style best --json[/]
+    Example: [bold]vlm zero-shot breastmnist --model ViT-B-32 --weights vitb32.pt --style clip --data-root ../shared/data/medmnist --save-scores scores.npy[/]
+    Example: [bold]vlm zero-shot breastmnist --model ViT-B-32 --weights vitb32.pt --style best --data-root ../shared/data/medmnist --json[/]
     """
     from vlm.commands.progress import encode_progress
     from vlm.zeroshot import run_zero_shot
