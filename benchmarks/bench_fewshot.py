@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import add_common_args, now, print_table, setup
+from _common import add_common_args, add_step_args, now, print_table, setup
 
 from vlm.encoders import load_encoder
 from vlm.fewshot.base import FewShotData
@@ -48,8 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="its state dict (default: a random-initialised one, seed 0, in a temporary folder)")
     p.add_argument("--dataset", default="breastmnist", help="single-label MedMNIST flag whose class names are used")
     p.add_argument("--batch", type=int, default=32, help="image embeddings per step (default: 32, CoOp's batch)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per side (default: 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (default: 1)")
+    add_step_args(p, steps=5)
     add_common_args(p)
     return p.parse_args(argv)
 
