@@ -179,7 +179,8 @@ def fit(
             folder under `runs_dir`.
         method: the RunRecord's method ("train", or a fine-tuning mode).
         extra_config: more entries for the record's config (model options, mode, ...).
-        log: "tensorboard" and/or "wandb" (VlmError when asked and not installed).
+        log: trackers, any of "tensorboard", "mlflow", "wandb" (`vlm.training.loggers`; VlmError when asked and
+            not installed).
         progress: called with a `TrainEvent` per batch and per epoch (nothing is printed here).
         max_epochs_this_call: stop (resumably) after this many epochs in this call; for tests and
             time-sliced jobs. The result then has `finished=False` and no test metrics.
@@ -212,7 +213,8 @@ def fit(
     record_config = {**config.to_dict(), **(extra_config or {}), "device_used": str(device),
                      "precision": "bf16-autocast" if uses_bf16(device, config.amp) else "fp32",
                      "distributed": ctx.describe(trainer.sync_bn)}
-    loggers = Loggers(log if ctx.is_main else (), run_dir, record_config)
+    loggers = Loggers(log if ctx.is_main else (), run_dir, {"method": method, "model": model_name, "dataset": task.flag,
+                                                           "weights_id": weights_id, **record_config})
     state = trainer.state
     try:
         trainer.emit(TrainEvent("start", state.epoch, config.epochs, batches=len(trainer.starts),
