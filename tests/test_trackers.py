@@ -150,3 +150,23 @@ def test_mlflow_sqlite_run_is_continued_by_resume(root, mlflow_env, monkeypatch)
     assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
     assert run.data.metrics["test_auc"] == pytest.approx(done.metrics.auc)
     assert not (root / "runs" / "mlruns").exists()  # the URI from the environment, not the default store
+
+
+def test_linear_probe_sends_its_config_and_test_metrics_without_epochs(root, mlflow_env, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from fixtures.tiny_models import FakeEncoder
+    from vlm.finetune import finetune
+
+    result = finetune("breastmnist", "fake", mode="linear-probe", data_root=root, runs_dir=root / "runs",
+                      encoder=FakeEncoder(), cache_dir=tmp_path / "cache", log=["mlflow"],
+                      config=TrainConfig(n_bootstrap=20, device="cpu"))
+    client = MlflowClient(tracking_uri=(root / "runs" / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("medvlm").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["vlm.run_id"] == result.run_dir.name
+    assert run.data.params["method"] == "linear-probe" and run.data.params["mode"] == "linear-probe"
+    assert float(run.data.params["l2"]) == result.record.config["l2"]  # the L2 strength chosen on val
+    assert run.data.metrics["test_auc"] == pytest.approx(result.metrics.auc)
+    assert run.data.metrics["test_auc_ci_hi"] == pytest.approx(result.metrics.auc_ci[1])
+    assert "train_loss" not in run.data.metrics

@@ -28,10 +28,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from vlm.errors import VlmError
 from vlm.training.config import check_choice
+
+if TYPE_CHECKING:
+    from vlm.results import RunRecord
 
 MLFLOW_DIR = "mlruns"
 TENSORBOARD_DIR = "tensorboard"
@@ -76,6 +79,11 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = value if isinstance(value, str) else json.dumps(value, default=str)
     return out
+
+
+def run_params(method: str, model: str, dataset: str, weights_id: str | None, config: dict[str, Any]) -> dict[str, Any]:
+    """What a tracker records as the run's config: its identity (method, model, dataset, weights) and options."""
+    return {"method": method, "model": model, "dataset": dataset, "weights_id": weights_id, **config}
 
 
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -217,3 +225,16 @@ class Loggers:
         """Flush and close every tracker (MLflow: FINISHED after the test, else KILLED)."""
         for tracker in self.trackers:
             tracker.close(self.finished)
+
+
+def log_record(names: Iterable[str], record: RunRecord) -> None:
+    """Send a run scored without epochs (a linear probe, kNN) to the trackers: its config and test metrics."""
+    names = list(names)
+    if not names:
+        return
+    loggers = Loggers(names, Path(record.path), run_params(record.method, record.model, record.dataset,
+                                                           record.weights_id, record.config))
+    try:
+        loggers.test(record.metrics)
+    finally:
+        loggers.close()
