@@ -34,11 +34,12 @@ FEWSHOT_PREFIX = "fewshot-"
 @dataclass
 class Figure:
     """One embedded figure: its kind (roc, confusion, styles, fewshot, reliability, robustness), caption and
-    data URI."""
+    data URI; a wide one (several panels) takes two cells of the page's grid."""
 
     kind: str
     caption: str
     src: str
+    wide: bool = False
 
 
 @dataclass
@@ -68,16 +69,16 @@ class ReportData:
     n_runs: int
 
 
-def draw(kind: str, caption: str, plot: Callable[[Path], Path]) -> Figure:
+def draw(kind: str, caption: str, plot: Callable[[Path], Path], wide: bool = False) -> Figure:
     """Run `plot(png_path)` in a temporary folder and embed the PNG it writes."""
     with tempfile.TemporaryDirectory(prefix="vlm-report-") as tmp:
         data = Path(plot(Path(tmp) / f"{kind}.png")).read_bytes()
-    return Figure(kind, caption, "data:image/png;base64," + base64.b64encode(data).decode("ascii"))
+    return Figure(kind, caption, "data:image/png;base64," + base64.b64encode(data).decode("ascii"), wide)
 
 
-def _add(section: Section, kind: str, caption: str, plot: Callable[[Path], Path]) -> None:
+def _add(section: Section, kind: str, caption: str, plot: Callable[[Path], Path], wide: bool = False) -> None:
     try:
-        section.figures.append(draw(kind, caption, plot))
+        section.figures.append(draw(kind, caption, plot, wide))
     except VlmError as exc:
         section.notes.append(f"{caption}: not drawn ({exc})")
 
@@ -117,7 +118,7 @@ def column_section(column: Column, records: Sequence[RunRecord], data_root: str 
     fewshot = [r for r in records if r.method.startswith(FEWSHOT_PREFIX)] if column.split == "test" else []
     for model in _models(fewshot):
         _add(section, "fewshot", f"Few-shot · {model}", lambda out, m=model: plots.fewshot_figure(
-            records, column.dataset, out, model=m, size=column.size))
+            records, column.dataset, out, model=m, size=column.size), wide=True)
     for record in [r for r in _newest_per_method(records) if r.calibrated]:
         _add(section, "reliability", f"Reliability · {record.label}", lambda out, r=record: plots.reliability_figure(
             r.path, out, data_root=data_root))
@@ -125,7 +126,7 @@ def column_section(column: Column, records: Sequence[RunRecord], data_root: str 
     for i in range(0, len(scored), ROBUSTNESS_PANELS):
         part = scored[i:i + ROBUSTNESS_PANELS]
         _add(section, "robustness", "MedMNIST-C · " + ", ".join(r.label for r in part),
-             lambda out, p=part: plots.robustness_figure([r.path for r in p], out))
+             lambda out, p=part: plots.robustness_figure([r.path for r in p], out), wide=len(part) > 1)
     return section
 
 

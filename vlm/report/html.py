@@ -14,7 +14,6 @@ from vlm.compare_model import LOWER_IS_BETTER, METRIC_NAMES, Cell, Row
 from vlm.report.build import ReportData, Section
 
 TEMPLATE = "template.html"
-WIDE = ("fewshot", "robustness")  # figures of two or more panels take two grid cells
 
 
 def record_href(run_path: str, out_dir: Path) -> str:
@@ -73,8 +72,8 @@ def table_html(data: ReportData, out_dir: Path) -> str:
 def section_html(section: Section) -> str:
     """A column's heading, its figures and the notes on figures not drawn."""
     figures = "\n".join(
-        f'<figure class="{f.kind}{" wide" if f.kind in WIDE else ""}"><img src="{f.src}" alt="{escape(f.caption)}"><figcaption>{escape(f.caption)}'
-        f"</figcaption></figure>" for f in section.figures)
+        f'<figure class="{f.kind}{" wide" if f.wide else ""}"><img src="{f.src}" alt="{escape(f.caption)}">'
+        f"<figcaption>{escape(f.caption)}</figcaption></figure>" for f in section.figures)
     notes = "".join(f"<li>{escape(n)}</li>" for n in section.notes)
     return (f'<section id="{section.anchor}"><h2>{escape(section.column.label)}</h2>\n<div class="grid">{figures}</div>'
             + (f'<ul class="notes">{notes}</ul>' if notes else "") + "</section>")
