@@ -355,3 +355,17 @@ def test_cli_help_has_examples():
     for args in (["compare", "--help"], ["plot", "roc", "--help"], ["plot", "embeddings", "--help"]):
         result = invoke(*args)
         assert result.exit_code == 0 and "Example" in result.stdout
+
+
+def test_compare_with_no_runs_prints_the_published_table_alone(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["compare", str(tmp_path), "--baselines", "medmnist", "--json"])
+    assert out.exit_code == 0, out.output
+    table = json.loads(out.stdout)
+    assert len(table["columns"]) == 12 * 2 + 6  # 2D at 28 and 224 px, 3D at 28 px
+    assert all(row["published"] for row in table["rows"])
+    md = runner.invoke(app, ["compare", str(tmp_path), "--baselines", "medmnist", "--dataset", "retinamnist",
+                             "--format", "markdown"])
+    assert md.exit_code == 0 and "| ResNet-18 (28) (published) | 0.717† | 0.524† |" in md.stdout
+    bare = runner.invoke(app, ["compare", str(tmp_path)])
+    assert bare.exit_code == 2 and "--baselines medmnist" in bare.output

@@ -207,6 +207,8 @@ def comparison_table(
 
     if baselines:
         name = "medmnist" if baselines is True else str(baselines)
+        if not columns:  # no runs: the published table alone
+            columns = _published_columns(name, flags)
         rows_pub, cells_pub = _baseline_rows(name, list(columns.values()), flags)
         rows += rows_pub
         cells.update(cells_pub)
@@ -222,6 +224,15 @@ def comparison_table(
     table = ComparisonTable(columns=cols, rows=rows, cells=cells, notes=notes)
     _mark_best(table)
     return table
+
+
+def _published_columns(name: str, flags: list[str] | None) -> dict[str, Column]:
+    """A test column for every (dataset, size) that the published set has results for."""
+    from vlm.baselines import baselines as published
+
+    cols = [Column(task.flag, int(entry["size"]), "test") for task in all_tasks()
+            if flags is None or task.flag in flags for entry in published(name, task.flag)]
+    return {col.key: col for col in cols}
 
 
 def _baseline_rows(name: str, columns: list[Column], flags: list[str] | None) -> tuple[list[Row], dict]:

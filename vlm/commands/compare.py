@@ -152,9 +152,10 @@ def compare_cmd(
         if baselines not in BASELINE_SETS:
             raise VlmError(f"Unknown --baselines '{baselines}': choose one of {', '.join(BASELINE_SETS)}.")
     records = load_runs(runs_dir)
-    if not records:
-        raise VlmError(f"No finished runs found in {runs_dir}.")
-    if dataset:
+    if not records and not baselines:
+        raise VlmError(f"No finished runs found in {runs_dir}; with --baselines medmnist the published table "
+                       "is shown alone.")
+    if dataset and records:
         from vlm.tasks import get_task
 
         flags = [get_task(d).flag for d in dataset]
@@ -162,4 +163,5 @@ def compare_cmd(
             present = sorted({r.dataset for r in records})
             raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
     table = compare.comparison_table(records, dataset, baselines=baselines or False)
-    return comparison_output(table, title=f"Comparison of runs in {runs_dir}", metrics=shown)
+    title = f"Comparison of runs in {runs_dir}" if records else f"Published {baselines} results (no runs in {runs_dir})"
+    return comparison_output(table, title=title, metrics=shown)
