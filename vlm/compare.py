@@ -45,7 +45,7 @@ RUN_SPECIFIC_KEYS = frozenset({
     "scores_file", "checkpoint", "resume", "download", "num_workers", "workers", "verbose", "quiet",
     "log_every", "cache", "cache_dir", "best_epoch", "epochs_run", "stopped_epoch", "elapsed", "timings",
     "experiment_method", "device_used", "precision", "images_encoded", "l2", "l2_grid", "val_auc", "k_grid",
-    "best_val_auc", "stop_reason", "selection",
+    "best_val_auc", "stop_reason", "selection", "chosen", "shots_sha256",
 })
 _RUN_SPECIFIC_SUFFIXES = ("_dir", "_path", "_file", "_root")
 

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 CSV_FIELDS = ("method", "published", "dataset", "size", "split", "column", "auc", "auc_lo", "auc_hi", "auc_std",
               "acc", "acc_lo", "acc_hi", "acc_std", "n_seeds", "n", "best_auc", "best_acc", "note", "run_ids")
-_NAMES = {"auc": "AUC", "acc": "ACC", "ece": "ECE", "brier": "Brier", "nll": "NLL"}
 PAIR_CSV_FIELDS = ("metric", "a", "b", "diff", "ci_lo", "ci_hi", "p_value", "rounds")
 
 
@@ -56,6 +55,7 @@ def comparison_output(table: ComparisonTable, title: str = "Comparison",
     """The comparison as data (`to_dict`), a rich table of `metrics` (best values starred, published rows dim
     italic, the legend as caption), a Markdown table (best values bold) and a long-format CSV."""
     from vlm.compare import format_value, legend
+    from vlm.compare_model import METRIC_NAMES as _NAMES
 
     cols = [Column("method", overflow="fold")] + [Column(f"{c.label}\n{_NAMES[m]}", "right") for c in table.columns
                                                   for m in metrics]
