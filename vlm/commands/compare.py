@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 CSV_FIELDS = ("method", "published", "dataset", "size", "split", "column", "auc", "auc_lo", "auc_hi", "auc_std",
               "acc", "acc_lo", "acc_hi", "acc_std", "n_seeds", "n", "best_auc", "best_acc", "note", "run_ids")
-_NAMES = {"auc": "AUC", "acc": "ACC", "ece": "ECE", "brier": "Brier", "nll": "NLL"}
 PAIR_CSV_FIELDS = ("metric", "a", "b", "diff", "ci_lo", "ci_hi", "p_value", "rounds")
 
 
@@ -56,6 +55,7 @@ def comparison_output(table: ComparisonTable, title: str = "Comparison",
     """The comparison as data (`to_dict`), a rich table of `metrics` (best values starred, published rows dim
     italic, the legend as caption), a Markdown table (best values bold) and a long-format CSV."""
     from vlm.compare import format_value, legend
+    from vlm.compare_model import METRIC_NAMES as _NAMES
 
     cols = [Column("method", overflow="fold")] + [Column(f"{c.label}\n{_NAMES[m]}", "right") for c in table.columns
                                                   for m in metrics]
@@ -152,9 +152,10 @@ def compare_cmd(
         if baselines not in BASELINE_SETS:
             raise VlmError(f"Unknown --baselines '{baselines}': choose one of {', '.join(BASELINE_SETS)}.")
     records = load_runs(runs_dir)
-    if not records:
-        raise VlmError(f"No finished runs found in {runs_dir}.")
-    if dataset:
+    if not records and not baselines:
+        raise VlmError(f"No finished runs found in {runs_dir}; with --baselines medmnist the published table "
+                       "is shown alone.")
+    if dataset and records:
         from vlm.tasks import get_task
 
         flags = [get_task(d).flag for d in dataset]
@@ -162,4 +163,5 @@ def compare_cmd(
             present = sorted({r.dataset for r in records})
             raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
     table = compare.comparison_table(records, dataset, baselines=baselines or False)
-    return comparison_output(table, title=f"Comparison of runs in {runs_dir}", metrics=shown)
+    title = f"Comparison of runs in {runs_dir}" if records else f"Published {baselines} results (no runs in {runs_dir})"
+    return comparison_output(table, title=title, metrics=shown)
