@@ -56,6 +56,8 @@ def site(tmp_path_factory) -> dict:
     (Path(record.path) / "robustness.json").write_text(json.dumps(_robustness_json(record)))
     run_fewshot("breastmnist", "fake", methods=["linear-probe"], shots=[1, 2], seeds=[0], data_root=root,
                 runs_dir=runs, encoder=FakeEncoder(), n_bootstrap=0, cache_dir=base / "cache")
+    run_fewshot("breastmnist", "fake", methods=["knn"], shots=[1], seeds=[0], data_root=root, runs_dir=runs,
+                encoder=FakeEncoder(), image_size=32, n_bootstrap=0, cache_dir=base / "cache")  # another input size
     out = base / "site" / "report.html"
     out.parent.mkdir()
     result = runner.invoke(app, ["report", str(runs), "--out", str(out), "--data-root", str(root), "--json"])
@@ -76,7 +78,8 @@ def test_page_is_self_contained_with_every_kind_of_figure(site):
     # confusion: train tiny (newest seed), 3 zero-shot styles and the calibrated run on breastmnist; one each else
     assert kinds.count("confusion") == 5 + 1 + 1
     assert {k: kinds.count(k) for k in ("styles", "fewshot", "reliability", "robustness")} == {
-        "styles": 1, "fewshot": 1, "reliability": 1, "robustness": 1}
+        "styles": 1, "fewshot": 2, "reliability": 1, "robustness": 1}  # few-shot: one figure per input size
+    assert "Few-shot · fake:encoder at 32px" in html and "Few-shot · fake:encoder at its native size" in html
     assert "ResNet-18 (28) (published)" in html and "Yang et al." in html  # the MedMNIST baselines and their legend
     assert "single run: value [95% bootstrap CI]" in html and re.search(r"0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]", html)
     assert re.search(r"0\.\d{3} ± 0\.\d{3} \(n=2\)", html)  # the two seeds of the tiny binary run

@@ -5,7 +5,7 @@ base64. What a column shows:
 - ROC curves and confusion matrices of the newest run of each method (few-shot runs are summarised by their
   K-shot curves instead), at most `MAX_FIGURE_RUNS` methods;
 - prompt-style bars of its zero-shot runs, one figure per encoder;
-- K-shot curves of its few-shot runs (test split), one figure per encoder;
+- K-shot curves of its few-shot runs (test split), one figure per encoder and input size;
 - reliability diagrams of its temperature-scaled runs (`vlm calibrate` / `--calibrate`);
 - MedMNIST-C curves of the runs that `vlm robustness` scored (robustness.json), up to three panels a figure.
 A figure that cannot be drawn (say, the dataset file for the ROC labels is not in `data_root`) becomes a
@@ -99,6 +99,7 @@ def _models(records: Sequence[RunRecord]) -> list[str]:
 def column_section(column: Column, records: Sequence[RunRecord], data_root: str | os.PathLike | None) -> Section:
     """The figures of one column from its runs (oldest first)."""
     from vlm import plots
+    from vlm.fewshot import input_size
     from vlm.robustness.report import ROBUSTNESS_FILE
 
     section = Section(column)
@@ -116,9 +117,14 @@ def column_section(column: Column, records: Sequence[RunRecord], data_root: str 
         _add(section, "styles", f"Prompt styles · {model}", lambda out, m=model: plots.styles_figure(
             zero_shot, column.dataset, out, model=m, split=column.split, size=column.size))
     fewshot = [r for r in records if r.method.startswith(FEWSHOT_PREFIX)] if column.split == "test" else []
-    for model in _models(fewshot):
-        _add(section, "fewshot", f"Few-shot · {model}", lambda out, m=model: plots.fewshot_figure(
-            records, column.dataset, out, model=m, size=column.size), wide=True)
+    encodings = sorted({(r.model, input_size(r) or 0) for r in fewshot})  # one figure per encoder and input size
+    for model, encoded in encodings:
+        several = sum(m == model for m, _ in encodings) > 1
+        runs = [r for r in records if not r.method.startswith(FEWSHOT_PREFIX) or (input_size(r) or 0) == encoded]
+        at = (f" at {encoded}px" if encoded else " at its native size") if several else ""
+        _add(section, "fewshot", f"Few-shot · {model}{at}",
+             lambda out, m=model, rs=runs: plots.fewshot_figure(rs, column.dataset, out, model=m, size=column.size),
+             wide=True)
     for record in [r for r in _newest_per_method(records) if r.calibrated]:
         _add(section, "reliability", f"Reliability · {record.label}", lambda out, r=record: plots.reliability_figure(
             r.path, out, data_root=data_root))
