@@ -51,6 +51,29 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def load_npy(path: str | os.PathLike, what: str = "scores") -> np.ndarray:
+    """A saved .npy array of real floating-point numbers (scores, logits); a VlmError naming the file when it
+    is missing, unreadable, holds pickled objects or holds anything but real floats (complex, integers, text)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise VlmError(f"{what.capitalize()} file {path} not found" + (" (it is a folder)." if path.is_dir() else "."))
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        pickled = "pickle" in str(exc).lower()
+        raise VlmError(f"{path} holds pickled Python objects, which are never loaded; save the {what} as a numeric "
+                       f"array (np.save with a float dtype)." if pickled else
+                       f"{path} is not a readable .npy array ({exc}).") from None
+    except (OSError, EOFError) as exc:
+        raise VlmError(f"{path} is not a readable .npy array ({exc}).") from None
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
+        dtype = getattr(array, "dtype", type(array).__name__)
+        raise VlmError(f"{path} holds {dtype} values; {what} must be real floating-point numbers.")
+    return array
+
+
 @lru_cache(maxsize=64)
 def _digest_cached(path: str, algorithm: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.new(algorithm)

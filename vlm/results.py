@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from vlm.errors import VlmError
-from vlm.files import atomic_save_npy, atomic_write_text
+from vlm.files import atomic_save_npy, atomic_write_text, load_npy
 
 RECORD_FILE = "record.json"
 SCORES_FILE = "scores.npy"
@@ -176,10 +176,11 @@ def load_run(run: str | os.PathLike) -> RunRecord:
 
 
 def load_scores(record: RunRecord) -> np.ndarray:
+    """The run's saved (N, K) scores (`vlm.files.load_npy`'s checks)."""
     path = Path(record.path) / SCORES_FILE
     if not path.is_file():
         raise VlmError(f"Run {record.run_id} has no scores file at {path}.")
-    return np.load(path)
+    return load_npy(path)
 
 
 def load_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, status: str | None = "finished") -> list[RunRecord]:

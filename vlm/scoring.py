@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from vlm.data import Split, load_split
-from vlm.errors import VlmError
 from vlm.evaluate import Metrics, check_scores, evaluate
-from vlm.files import atomic_save_npy
+from vlm.files import atomic_save_npy, load_npy
 from vlm.results import RunRecord, new_run_dir, save_run
 
 LOGITS_FILE = "logits.npy"  # the scored split's logits (N, K), beside scores.npy
@@ -77,17 +76,8 @@ def record_run(
 
 
 def load_scores_file(path: str | os.PathLike) -> torch.Tensor:
-    """A saved .npy score array as a float64 tensor, with a clear error if unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise VlmError(f"Scores file {path} not found.")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise VlmError(f"{path} is not a readable .npy array ({exc}).") from None
-    if not np.issubdtype(array.dtype, np.number):
-        raise VlmError(f"{path} holds {array.dtype} values, expected numbers.")
-    return torch.from_numpy(np.asarray(array, dtype=np.float64))
+    """A saved .npy score (or logit) array as a float64 tensor (`vlm.files.load_npy`'s checks)."""
+    return torch.from_numpy(np.asarray(load_npy(path), dtype=np.float64))
 
 
 def score_file(
