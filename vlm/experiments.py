@@ -35,6 +35,7 @@ import yaml
 
 from vlm.errors import VlmError
 from vlm.methods import Job, Method, MethodError, get_method, method_kinds, resume
+from vlm.ranges import check_option
 from vlm.results import RunRecord, load_runs
 from vlm.tasks import get_task
 
@@ -66,11 +67,8 @@ class LaunchSettings:
         """A VlmError naming the setting at fault."""
         if self.launcher is not None and self.launcher not in LAUNCHERS:
             raise VlmError(f"Unknown launcher '{self.launcher}' (one of {', '.join(LAUNCHERS)}).")
-        for name in ("workers", "time", "array_parallelism"):
-            if getattr(self, name) < 1:
-                raise VlmError(f"launch {name} must be at least 1, not {getattr(self, name)}.")
-        if self.gpus_per_job < 0:
-            raise VlmError(f"launch gpus_per_job must be 0 or more, not {self.gpus_per_job}.")
+        for name in ("workers", "time", "array_parallelism", "gpus_per_job"):
+            check_option(name, getattr(self, name), f"launch {name}")
 
 
 LAUNCH_KEYS = {f.name for f in fields(LaunchSettings)}
