@@ -29,7 +29,9 @@ from vlm.embeddings import EmbeddingPolicy
 from vlm.errors import VlmError
 from vlm.fewshot.experiment import FEWSHOT_OPTIONS, run_fewshot_job
 from vlm.finetune import EXTRA_OPTIONS, finetune, finetune_config
+from vlm.scoring import record_tags
 from vlm.training import SPEC_FILE, TrainConfig, TrainProgress, TrainResult, read_spec, train
+from vlm.training.checkpoint import resume_point
 from vlm.training.config import option_names
 
 # Options that may change when a run is resumed (they do not change what is computed on the CPU).
@@ -135,7 +137,9 @@ def resume(
 
     `overrides` are the options the user gave again; any that differ from the saved ones (except
     `device`) raise a VlmError that lists them. `data_root` may point elsewhere. The spec's `entry`
-    picks the method kind that resumes it.
+    picks the method kind that resumes it; its `tags` (an experiment's job key) go into the record, so a
+    job of `vlm run` resumed by hand counts as that job. A damaged folder (spec.json incomplete, last.pt
+    missing, truncated or changed, best.safetensors gone) stops with a VlmError naming the file.
 
     Example:
         >>> resume("runs/20250101-120000_breastmnist_train_small-cnn")   # doctest: +SKIP
@@ -149,9 +153,11 @@ def resume(
     kind = METHODS.get(spec.get("entry"))  # type: ignore[arg-type]
     if kind is None or kind.resume is None:
         raise VlmError(f"{run_dir / SPEC_FILE} names no resumable method (entry {spec.get('entry')!r}).")
+    resume_point(run_dir)  # the checkpoints verified before any work (fit reads them again)
     root = data_root if data_root is not None else spec.get("data_root")
-    return kind.resume(spec, config, data_root=root, download=download, run_dir=run_dir, log=log,
-                       progress=progress, max_epochs_this_call=max_epochs_this_call)
+    with record_tags(**spec.get("tags", {})):
+        return kind.resume(spec, config, data_root=root, download=download, run_dir=run_dir, log=log,
+                           progress=progress, max_epochs_this_call=max_epochs_this_call)
 
 
 def _apply_overrides(spec: dict[str, Any], config: TrainConfig, overrides: dict[str, Any], run_dir: Path) -> TrainConfig:

@@ -36,6 +36,11 @@ def record_tags(**tags: Any):
         _TAGS.reset(token)
 
 
+def current_tags() -> dict[str, Any]:
+    """The tags `record_tags` adds to records written now (empty outside its blocks)."""
+    return dict(_TAGS.get())
+
+
 def score_split(
     split: Split, scores: torch.Tensor, *, threshold: float = 0.5, n_bootstrap: int = 1000, seed: int = 0
 ) -> Metrics:

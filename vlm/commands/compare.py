@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from vlm.commands.common import BootstrapOpt, DataRootOpt, SeedOpt, command
-from vlm.commands.output import Cell, Column, FormatOpt, Output, Styled, Table, columns, render_text
+from vlm.commands.output import Cell, Column, FormatOpt, Output, Styled, Table, columns, err, render_text
 from vlm.errors import VlmError
 
 if TYPE_CHECKING:
@@ -151,9 +152,12 @@ def compare_cmd(
 
         if baselines not in BASELINE_SETS:
             raise VlmError(f"Unknown --baselines '{baselines}': choose one of {', '.join(BASELINE_SETS)}.")
-    records = load_runs(runs_dir)
+    skipped: list[str] = []
+    records = load_runs(runs_dir, skipped=skipped)
+    for note in skipped:
+        err.print(f"[yellow]warning:[/] skipped {escape(note)}", highlight=False, soft_wrap=True)
     if not records:
-        raise VlmError(f"No finished runs found in {runs_dir}.")
+        raise VlmError(f"No finished runs found in {runs_dir}" + (f" ({len(skipped)} skipped)." if skipped else "."))
     if dataset:
         from vlm.tasks import get_task
 

@@ -19,7 +19,6 @@ from vlm.results import new_run_dir
 from vlm.runtime import seed_everything
 from vlm.tasks import TaskSpec, get_task
 from vlm.training import TrainConfig, TrainProgress, TrainResult, check_batch_size, fit
-from vlm.training.checkpoint import create_run_dir
 from vlm.training.distributed import setup_distributed
 
 if TYPE_CHECKING:
@@ -168,17 +167,14 @@ def finetune(
             with torch.no_grad():
                 model.head.weight.copy_(head_w.to(model.head.weight.device))
                 model.head.bias.zero_()
-        if run_dir is None:
-            run_dir = create_run_dir(runs_dir, f"{task.flag}_{mode}_{enc.id}", {
-                "entry": "finetune", "flag": task.flag, "model": model_name, "mode": mode, "size": size,
+        spec = {"entry": "finetune", "flag": task.flag, "model": model_name, "mode": mode, "size": size,
                 "weights": str(weights) if weights is not None else None,
                 "data_root": str(data_root) if data_root is not None else None, "options": asdict(options),
-                "config": config.to_dict()})
+                "config": config.to_dict()}
         return fit(model, train_s, val_s, test_s, config, model_name=enc.id, preprocess=enc.preprocess,
-                   run_dir=run_dir, method=mode, weights_id=enc.weights_id,
+                   run_dir=run_dir, runs_dir=runs_dir, spec=spec, method=mode, weights_id=enc.weights_id,
                    extra_config={**base_config, **({"style": used_style} if used_style else {})},
-                   log=log, progress=progress, max_epochs_this_call=max_epochs_this_call,
-                   resume_hint=f"vlm finetune --resume {run_dir}")
+                   log=log, progress=progress, max_epochs_this_call=max_epochs_this_call)
 
     policy = EmbeddingPolicy(slice_axis, pool, config.eval_batch_size or 256, cache_dir)
     return _frozen(task, enc, mode, (train_s, val_s, test_s), config, base_config, head_w, policy, runs_dir=runs_dir,
