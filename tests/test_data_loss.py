@@ -261,3 +261,62 @@ def test_ctrl_c_in_an_experiment_then_run_again_resumes_its_folder(data_root, tm
     assert result.exit_code == 0, result.output
     assert [p for p in (tmp_path / "runs").iterdir() if p.name[0].isdigit()] == [folder]
     assert (folder / "record.json").is_file() and set(finished_jobs(tmp_path / "runs")) == {job.key}
+
+
+# ----------------------------------------------------------------------------- verified caches, --save-scores
+def _rewrite_entry(path: Path, change) -> None:
+    """Rewrite a cache entry's embeddings with `change(tensor)`, keeping its metadata (key and checksum)."""
+    from safetensors.torch import save
+
+    from vlm.embeddings import read_entry
+
+    emb, meta = read_entry(path)
+    path.write_bytes(save({"embeddings": change(emb).contiguous()}, metadata=meta))
+
+
+def test_a_tampered_image_cache_entry_is_detected_and_encoded_again(tmp_path):
+    from fixtures.inputs import random_split
+    from fixtures.tiny_models import FakeEncoder
+    from vlm.embeddings import image_embeddings
+
+    split, enc = random_split("breastmnist", 12), FakeEncoder()
+    first, _ = image_embeddings(enc, split, cache_dir=tmp_path)
+    entry = next(tmp_path.glob("*.safetensors"))
+    _rewrite_entry(entry, lambda e: e.flip(0))  # the test embeddings' rows reversed on disk
+    with pytest.warns(UserWarning, match="discarded: its checksum does not match its contents"):
+        again, encoded = image_embeddings(enc, split, cache_dir=tmp_path)
+    assert encoded == 12 and torch.allclose(again, first)
+    hit, encoded = image_embeddings(enc, split, cache_dir=tmp_path)  # the re-encoded entry is trusted
+    assert encoded == 0 and torch.allclose(hit, first)
+
+
+def test_an_entry_under_another_key_is_refused(tmp_path):
+    from fixtures.inputs import random_split
+    from fixtures.tiny_models import FakeEncoder
+    from vlm.embeddings import cache_key, cache_path, image_embeddings
+
+    enc, a, b = FakeEncoder(), random_split("breastmnist", 12, seed=0), random_split("breastmnist", 12, seed=1)
+    image_embeddings(enc, a, cache_dir=tmp_path)
+    cache_path(cache_key(enc, a), tmp_path).rename(cache_path(cache_key(enc, b), tmp_path))  # b's name, a's rows
+    with pytest.warns(UserWarning, match="its stored key differs"):
+        _, encoded = image_embeddings(enc, b, cache_dir=tmp_path)
+    assert encoded == 12
+
+
+def test_save_scores_refuses_an_existing_file_unless_forced(tiny_oc_weights, data_root, tmp_path):
+    import numpy as np
+
+    name, weights = tiny_oc_weights
+    kept = tmp_path / "scores.npy"
+    np.save(kept, np.arange(3.0))
+    base = ["zero-shot", "breastmnist", "--model", name, "--weights", str(weights), "--style", "clip",
+            "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "c"),
+            "--bootstrap", "0", "--device", "cpu", "--save-scores", str(kept)]
+    refused = CliRunner().invoke(app, base)
+    assert refused.exit_code == 2 and "exists: pass --force to overwrite it" in refused.stderr
+    assert np.array_equal(np.load(kept), np.arange(3.0)) and not (tmp_path / "runs").exists()
+    under_a_file = CliRunner().invoke(app, base[:-1] + [str(kept / "s.npy")])
+    assert under_a_file.exit_code == 2 and "is a file, not a folder" in under_a_file.stderr
+    forced = CliRunner().invoke(app, base + ["--force"])
+    assert forced.exit_code == 0, forced.output
+    assert np.load(kept).shape == (20, 2)

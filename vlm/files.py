@@ -119,6 +119,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def check_writable_folder(folder: str | os.PathLike, what: str = "Folder") -> None:
+    """A VlmError unless `folder` is a writable folder or can be made as one (checked before long work, so that
+    a run does not fail after minutes of encoding)."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise VlmError(f"{what} {folder} cannot be made: {probe} is a file, not a folder.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise VlmError(f"{what} {folder} cannot be written: {probe} is not writable for this user.")
+
+
+def check_new_file(path: str | os.PathLike, *, force: bool = False, option: str = "the output") -> None:
+    """A VlmError when `path` exists (unless `force`), is a folder, or cannot be written; before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise VlmError(f"{option} {path} is a folder; give a file name.")
+    if path.exists() and not force:
+        raise VlmError(f"{option} {path} exists: pass --force to overwrite it, or give another file name.")
+    check_writable_folder(path.parent, f"The folder of {option} {path},")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """`atomic_write_bytes` of UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))

@@ -17,7 +17,7 @@ import torch
 
 from vlm.data import Split, load_split
 from vlm.evaluate import Metrics, check_scores, evaluate
-from vlm.files import atomic_save_npy, load_npy
+from vlm.files import atomic_save_npy, check_writable_folder, load_npy
 from vlm.results import RunRecord, new_run_dir, save_run
 
 LOGITS_FILE = "logits.npy"  # the scored split's logits (N, K), beside scores.npy
@@ -98,6 +98,8 @@ def score_file(
     runs_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """`vlm evaluate`: score a saved array against a split's labels; record it when `runs_dir` is set."""
+    if runs_dir is not None:
+        check_writable_folder(runs_dir, "Runs folder")
     scores = load_scores_file(scores_path)
     data = load_split(flag, split, size, data_root)
     metrics = score_split(data, scores, threshold=threshold, n_bootstrap=n_bootstrap, seed=seed)

@@ -4,12 +4,14 @@ code 2, help reflowing, the common options and `command`, which makes a function
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import typing
+import warnings
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.markup import escape
@@ -66,7 +68,8 @@ class VlmGroup(TyperGroup):
         from models.errors import ModelError
 
         try:
-            return super().invoke(ctx)
+            with one_line_warnings():
+                return super().invoke(ctx)
         except click_errors.UsageError as exc:
             _usage_error(exc)
         except (VlmError, ModelError) as exc:
@@ -75,6 +78,17 @@ class VlmGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Python warnings (a discarded cache entry, a random-initialised model, ...) as one stderr line each."""
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        err.print(f"[yellow]warning:[/] {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _usage_error(exc: click_errors.UsageError) -> None:

@@ -13,6 +13,7 @@ import torch
 from vlm.data import Split, load_splits
 from vlm.embeddings import EmbeddingPolicy, EmbedProgress
 from vlm.errors import VlmError, exception_summary
+from vlm.files import check_writable_folder
 from vlm.finetune.heads import TowerClassifier, zero_shot_head
 from vlm.finetune.probe import KNN_WEIGHTINGS, L2_GRID, PROBE_FILE, ZS_L2_EXTRA, knn, linear_probe, save_probe
 from vlm.results import new_run_dir
@@ -128,6 +129,8 @@ def finetune(
         raise VlmError(f"Unknown kNN weighting '{knn_weighting}': choose {' or '.join(KNN_WEIGHTINGS)}.")
     task = get_task(flag)
     task.check_size(size)
+    if run_dir is None:
+        check_writable_folder(runs_dir, "Runs folder")
     trains = mode == "full" or (mode == "zs-init" and zs_then == "full")
     if trains and task.is_3d:
         raise VlmError(f"--mode {mode} trains the image tower on 2D images; {task.flag} is 3D. Use --mode "

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from vlm.data import load_splits
 from vlm.errors import VlmError
+from vlm.files import check_writable_folder
 from vlm.preprocess import Preprocess, medmnist_preprocess
 from vlm.runtime import seed_everything
 from vlm.tasks import TaskSpec, get_task
@@ -147,6 +148,8 @@ def train(
     task = get_task(flag)
     task.check_size(size)
     check_model_dims(model_name, task)
+    if run_dir is None:
+        check_writable_folder(runs_dir, "Runs folder")
     fresh = config.recipe_overrides is None  # a new run (a resumed one keeps its recorded overrides)
     config = replace(config, recipe=config.recipe or default_recipe(model_name)).resolved(task)
     check_log(log)
