@@ -160,30 +160,43 @@ def _args(hint: Any) -> tuple:
     return tuple(a for arg in typing.get_args(hint) for a in (arg, *_args(arg)))
 
 
-def error_message(model: type[BaseModel], exc: ValidationError) -> tuple[tuple, str]:
-    """(location, message) of the first error: unknown keys name the allowed ones, wrong types the value."""
+# Parts of a pydantic error location that name a type tried (union members, validators), not a field.
+_TYPE_TAGS = ("function-", "json-", "constrained-", "lax-", "nullable", "tagged-union", "list[", "dict[")
+_TYPE_NAMES = {"int", "str", "float", "bool", "list", "dict", "none"}
+
+
+def _is_field(part: Any) -> bool:
+    return isinstance(part, int) or not (str(part).startswith(_TYPE_TAGS) or str(part) in _TYPE_NAMES)
+
+
+def error_message(model: type[BaseModel], exc: ValidationError, what: str = "key") -> tuple[tuple, str, bool]:
+    """(location, message, whether the message names the field itself) of the first error: unknown keys name
+    the allowed ones, wrong types the value given."""
     first = exc.errors()[0]
-    loc = tuple(p for p in first["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "json-")))
+    loc = tuple(p for p in first["loc"] if _is_field(p))
     kind, msg = first["type"], first["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
         allowed = _allowed(model, loc[:-1])
-        return loc, f"unknown key '{loc[-1]}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+        return loc, f"unknown {what} '{loc[-1]}'" + (f" (allowed: {', '.join(allowed)})" if allowed else ""), True
     if kind == "missing":
-        return loc, "is required"
+        return loc, "is required", False
     value = first.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) and len(repr(value)) < 60 else ""
-    return loc, f"{msg[0].lower()}{msg[1:]}{shown}"
+    shown = (f" (got {value!r})" if kind != "value_error" and not isinstance(value, (dict, list))
+             and len(repr(value)) < 60 else "")
+    return loc, f"{msg[0].lower()}{msg[1:]}{shown}", False
 
 
 def validate(model: type[BaseModel], data: Any, source: str, *, lines: Mapping[tuple, int] | None = None,
-             prefix: tuple = (), hint: str = "") -> Any:
+             prefix: tuple = (), hint: str = "", what: str = "key") -> Any:
     """`model.model_validate(data)`, or a one-line VlmError `SOURCE[:LINE]: FIELD: message[; hint].`;
-    `prefix` is where `data` sits in the file (for the field name and its line)."""
+    `prefix` is where `data` sits in the file (for the field name and its line), `what` names its keys in
+    unknown-key messages ("train option")."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        loc, message = error_message(model, exc)
+        loc, message, named = error_message(model, exc, what)
         loc = prefix + loc
         line = line_of(loc, lines)
         where = f"{source}:{line}" if line else source
-        raise VlmError(f"{where}: {field_name(loc)}: {message}" + (f"; {hint}" if hint else "") + ".") from None
+        field = "" if named else f"{field_name(loc)}: "
+        raise VlmError(f"{where}: {field}{message}" + (f"; {hint}" if hint else "") + ".") from None
