@@ -4,7 +4,6 @@ and recipe presets. Wrong types and unknown keys are one-line errors that keep `
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +13,7 @@ from vlm.errors import VlmError
 from vlm.experiments import load_experiment, options_schema
 from vlm.results import RunRecord, parse_record
 from vlm.schemas import RunSpec, validate
+from fixtures.inputs import ONE_PROMPT
 from test_experiments import GOOD
 
 EXPERIMENT = GOOD  # test_experiments.py's file: 2 datasets, one train method (options on line 11)
@@ -106,15 +106,7 @@ def test_prompt_files_refuse_prompts_that_are_not_text(tmp_path, prompt):
     from vlm.prompts import validate_prompt_set
 
     path = tmp_path / "p.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        dataset: breastmnist
-        classes: [malignant, "normal, benign"]
-        styles:
-          plain:
-            prompts:
-              malignant: [{prompt}]
-              "normal, benign": [a benign breast ultrasound]
-        """))
+    path.write_text(ONE_PROMPT.format(prompt=prompt))
     with pytest.raises(VlmError, match=r"styles.plain.prompts.malignant\[0\] \(line 6\): must be a non-empty string"):
         validate_prompt_set(path)
 

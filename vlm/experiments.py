@@ -38,9 +38,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, c
 from vlm.embeddings import EmbeddingPolicy
 from vlm.errors import VlmError
 from vlm.finetune.modes import FinetuneOptions
-from vlm.methods import Job, Method, MethodError, get_method, method_kinds, resume
+from vlm.methods import Job, Method, get_method, method_kinds, resume
 from vlm.ranges import RANGES
 from vlm.results import RunRecord, load_runs
+from vlm.runtime import check_device_name
 from vlm.schemas import Flag, Number, Schema, Text, line_of, validate
 from vlm.tasks import get_task
 from vlm.training.config import TrainConfig
@@ -79,6 +80,11 @@ def _one_or_list(value: Any) -> Any:
     return [value] if not isinstance(value, list) and value is not None else value
 
 
+def _joined(value: Any) -> Any:
+    """`[clip, descriptive]` -> "clip,descriptive" (a list of anything else is left to fail as text)."""
+    return ",".join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else value
+
+
 class DatasetEntry(Schema):
     """`- breastmnist` or `- {flag: vesselmnist3d, size: 28}`."""
 
@@ -95,7 +101,7 @@ class MethodEntry(Schema):
     weights: Optional[Text] = None
     mode: Optional[Text] = None
     prompts: Optional[Text] = None
-    styles: Annotated[Text, BeforeValidator(lambda v: ",".join(v) if isinstance(v, list) else v)] = "all"
+    styles: Annotated[Text, BeforeValidator(_joined)] = "all"
     datasets: Optional[Annotated[list[Text], BeforeValidator(_one_or_list)]] = None
     options: Optional[dict[str, Any]] = None
 
@@ -191,6 +197,10 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
                        + (" (the file is empty)." if data is None else f", not a {type(data).__name__}."))
     doc = validate(ExperimentFile, data, str(path), lines=lines)
     reader = _Reader(path, lines)
+    try:
+        check_device_name(doc.device)
+    except VlmError as exc:
+        raise reader.fail(("device",), str(exc)) from None
     datasets = []
     for i, entry in enumerate(doc.datasets):
         flag = reader.dataset(entry.flag, ("datasets", i))
@@ -228,8 +238,9 @@ def _method(reader: _Reader, entry: MethodEntry, where: tuple, flags: set[str], 
                     prompts=entry.prompts, styles=entry.styles, datasets=restrict, options=options)
     try:
         get_method(entry.kind).check(method, restrict or tuple(sorted(flags)))
-    except MethodError as exc:
-        raise reader.fail(where + ((exc.key,) if exc.key else ()), str(exc)) from None
+    except VlmError as exc:  # a MethodError names the key at fault
+        key = getattr(exc, "key", None)
+        raise reader.fail(where + ((key,) if key else ("options",) if entry.options else ()), str(exc)) from None
     return method
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 
 from vlm.embeddings import EmbeddingPolicy
 from vlm.errors import VlmError
-from vlm.fewshot.experiment import FEWSHOT_OPTIONS, run_fewshot_job
+from vlm.fewshot.experiment import FEWSHOT_OPTIONS, job_options, run_fewshot_job
 from vlm.finetune import EXTRA_OPTIONS, finetune, finetune_config
 from vlm.scoring import record_tags
 from vlm.training import SPEC_FILE, TrainConfig, TrainProgress, TrainResult, read_spec, train
@@ -291,4 +291,5 @@ register_method(MethodKind("finetune", options=_TRAIN_OPTIONS | set(EXTRA_OPTION
 register_method(MethodKind("zero-shot", run=_run_zero_shot, check=_check_zero_shot,
                            options=frozenset({f.name for f in fields(EmbeddingPolicy)} - {"cache_dir"}
                                              | {"split", "n_bootstrap"})))
-register_method(MethodKind("fewshot", options=FEWSHOT_OPTIONS, run=run_fewshot_job))  # vlm.fewshot.experiment
+register_method(MethodKind("fewshot", options=FEWSHOT_OPTIONS, run=run_fewshot_job,  # vlm.fewshot.experiment
+                           check=lambda method, datasets: job_options(method) and None))

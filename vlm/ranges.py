@@ -19,6 +19,7 @@ from vlm.errors import VlmError
 
 SEED_MAX = 2**32 - 1  # numpy's seeds (np.random.seed) are 32-bit
 IMAGE_SIZE_MAX = 1024  # MedMNIST+ tops out at 224 px; larger inputs only exhaust memory
+BOOTSTRAP_MAX = 100_000  # CIs settle by 1000-10000 rounds; more only exhaust memory
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ RANGES: dict[str, Range] = {
     "lr_milestones": _NONNEG, "warmup_epochs": _NONNEG, "gamma": _NONNEG,
     "threshold": Range(float, ge=0, le=1),
     "seed": Range(int, ge=0, le=SEED_MAX), "seeds": Range(int, ge=0, le=SEED_MAX),
-    "patience": _NONNEG_INT, "n_bootstrap": _NONNEG_INT, "bootstrap": _NONNEG_INT,
+    "patience": _NONNEG_INT, "n_bootstrap": Range(int, ge=0, le=BOOTSTRAP_MAX),
+    "bootstrap": Range(int, ge=0, le=BOOTSTRAP_MAX),
     "image_size": Range(int, ge=8, le=IMAGE_SIZE_MAX),
     "slice_axis": Range(int, ge=0, le=2),
     "k": _COUNT, "shots": _COUNT, "val_shots": _COUNT, "per_class": _COUNT, "limit": _NONNEG_INT,

@@ -257,6 +257,8 @@ def run_zero_shot(
     best = styles == "best"
     chosen = prompt_set.style_names if best else prompt_set.resolve_styles(styles)
     several = not best and len(chosen) > 1
+    if save_scores is not None and (Path(save_scores).is_dir() or not Path(save_scores).name):
+        raise VlmError(f"--save-scores {save_scores} is a folder; give a file name.")
     for style in (chosen if several else [None]) if save_scores is not None else []:
         check_new_file(_scores_path(Path(save_scores), str(style), several), force=force, option="--save-scores")
     if record:

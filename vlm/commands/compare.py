@@ -152,18 +152,20 @@ def compare_cmd(
 
         if baselines not in BASELINE_SETS:
             raise VlmError(f"Unknown --baselines '{baselines}': choose one of {', '.join(BASELINE_SETS)}.")
-    skipped: list[str] = []
-    records = load_runs(runs_dir, skipped=skipped)
-    for note in skipped:
-        err.print(f"[yellow]warning:[/] skipped {escape(note)}", highlight=False, soft_wrap=True)
-    if not records:
-        raise VlmError(f"No finished runs found in {runs_dir}" + (f" ({len(skipped)} skipped)." if skipped else "."))
+    flags = None
     if dataset:
         from vlm.tasks import get_task
 
         flags = [get_task(d).flag for d in dataset]
-        if not any(r.dataset in flags for r in records):
-            present = sorted({r.dataset for r in records})
-            raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
+    skipped: list[str] = []
+    records = load_runs(runs_dir, skipped=skipped)
+    if not records:
+        raise VlmError(f"No finished runs found in {runs_dir}" + (
+            f"; {len(skipped)} record(s) skipped, the first: {skipped[0]}" if skipped else "."))
+    if flags and not any(r.dataset in flags for r in records):
+        present = sorted({r.dataset for r in records})
+        raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
+    for note in skipped:  # the command goes on: one warning line per record left out
+        err.print(f"[yellow]warning:[/] skipped {escape(note)}", highlight=False, soft_wrap=True)
     table = compare.comparison_table(records, dataset, baselines=baselines or False)
     return comparison_output(table, title=f"Comparison of runs in {runs_dir}", metrics=shown)
