@@ -207,7 +207,7 @@ def fewshot_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vlm.fewshot import curve_rows, curve_summary, get_method, run_fewshot
+    from vlm.fewshot import curve_rows, curve_summary, get_method, run_fewshot, size_note
     from vlm.fewshot.run import DEFAULT_SHOTS
 
     methods = list(dict.fromkeys(method or ["linear-probe"]))
@@ -239,7 +239,7 @@ def fewshot_cmd(
     encoded_note = f"encoded {encoded} images in {embed:.1f}s" if encoded else "image embeddings from the cache"
     folder = escape(str(runs_dir))
     shots_folder = escape(str(Path(first.config["shots_file"]).parent))
-    blocks: list[Any] = curve_tables(summary, f"{first.dataset} {first.size}px · {first.model}")
+    blocks: list[Any] = curve_tables(summary, f"{size_note(first)} · {first.model}")
     blocks += [Line(f"test split, {seeds_note(summary)}; {encoded_note}; {len(records)} runs fitted and scored "
                     f"in {fit:.1f}s; records in [bold]{folder}[/], shots files in [bold]{shots_folder}[/]",
                     soft_wrap=True),

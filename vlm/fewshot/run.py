@@ -198,6 +198,18 @@ def run_fewshot(
     return records
 
 
+def input_size(record: RunRecord) -> int | None:
+    """The size the record's images were encoded at (its preprocessing's; None where it kept native pixels)."""
+    size = record.preprocessing.get("size")
+    return None if size is None else int(size)
+
+
+def size_note(record: RunRecord) -> str:
+    """'breastmnist 28px' or, where the encoder took another input size, 'breastmnist 28px at 224px'."""
+    encoded = input_size(record)
+    return f"{record.dataset} {record.size}px" + ("" if encoded in (None, int(record.size)) else f" at {encoded}px")
+
+
 def curve_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     """One row per few-shot record: method, shots, seed, auc, acc, auc_ci, acc_ci, run_dir."""
     rows = []

@@ -21,6 +21,7 @@ from vlm.runtime import seed_everything
 from vlm.tasks import TaskSpec, get_task
 from vlm.training import TrainConfig, TrainProgress, TrainResult, check_batch_size, fit
 from vlm.training.distributed import setup_distributed
+from vlm.training.loggers import check_log, log_record
 
 if TYPE_CHECKING:
     from vlm.encoders import Encoder
@@ -131,6 +132,7 @@ def finetune(
     task.check_size(size)
     if run_dir is None:
         check_writable_folder(runs_dir, "Runs folder")
+    check_log(log)
     trains = mode == "full" or (mode == "zs-init" and zs_then == "full")
     if trains and task.is_3d:
         raise VlmError(f"--mode {mode} trains the image tower on 2D images; {task.flag} is 3D. Use --mode "
@@ -181,14 +183,17 @@ def finetune(
 
     policy = EmbeddingPolicy(slice_axis, pool, config.eval_batch_size or 256, cache_dir)
     return _frozen(task, enc, mode, (train_s, val_s, test_s), config, base_config, head_w, policy, runs_dir=runs_dir,
-                   run_dir=run_dir, k=k, knn_weighting=knn_weighting, l2_grid=l2_grid, embed_progress=embed_progress)
+                   run_dir=run_dir, k=k, knn_weighting=knn_weighting, l2_grid=l2_grid, embed_progress=embed_progress,
+                   log=log)
 
 
 def _frozen(task: TaskSpec, enc: Encoder, mode: str, splits: tuple[Split, Split, Split], config: TrainConfig,
             base_config: dict[str, Any], head_w: torch.Tensor | None, policy: EmbeddingPolicy, *,
             runs_dir: str | os.PathLike, run_dir: str | os.PathLike | None, k: int | str, knn_weighting: str,
-            l2_grid: Sequence[float] | None, embed_progress: EmbedProgress | None) -> TrainResult:
-    """linear-probe, knn and the zs-init probe: on cached embeddings, seconds after the first encoding."""
+            l2_grid: Sequence[float] | None, embed_progress: EmbedProgress | None,
+            log: Iterable[str] = ()) -> TrainResult:
+    """linear-probe, knn and the zs-init probe: on cached embeddings, seconds after the first encoding; the
+    trackers in `log` get the config and the test metrics (there are no epochs)."""
     from vlm.scoring import record_run, score_split
 
     t0 = time.perf_counter()
@@ -227,6 +232,7 @@ def _frozen(task: TaskSpec, enc: Encoder, mode: str, splits: tuple[Split, Split,
                                  "fit_seconds": round(t_fit, 4)},
                         preprocessing={**enc.preprocess.to_dict(), "id": enc.preprocess.id,
                                        **policy.volume_fields(task.is_3d)})
+    log_record(log, record)
     history = out["grid"]
     return TrainResult(run_dir=folder, finished=True, epochs_run=0, best_epoch=0, best_val_auc=out["val_auc"],
                        history=history, seconds=seconds, seconds_per_epoch=0.0, stop_reason="completed",

@@ -5,7 +5,7 @@
 - `optim`       optimisers, head/backbone parameter groups, per-step LR schedules
 - `pipeline`    uint8 batch -> model input (shape transform, augmentation), bf16 autocast, `predict`
 - `checkpoint`  the run folder's files: spec.json, best.safetensors, last.pt (with RNG state), epochs.jsonl
-- `loggers`     optional TensorBoard / Weights & Biases logging
+- `loggers`     optional trackers: TensorBoard, MLflow, Weights & Biases
 - `loop`        `fit`: train, select on val AUC, score test once; TrainEvent, TrainResult
 - `distributed` data-parallel `fit` under torchrun: process group, sharding, gathers, synchronised BatchNorm
 - `transfer`    `train`: a transfer model from the `models` registry for a dataset, then `fit`

@@ -44,7 +44,7 @@ from vlm.training.config import TrainConfig, check_batch_size
 from vlm.training.distributed import (
     RANK_SEED_STRIDE, Distributed, check_global_batch, setup_distributed, sync_batchnorm,
 )
-from vlm.training.loggers import Loggers, check_log
+from vlm.training.loggers import Loggers, check_log, run_params
 from vlm.training.optim import build_optimizer, build_scheduler
 from vlm.training.pipeline import (
     InputPipeline, autocast, batch_starts, predict_logits, scores_from_logits, uses_bf16,
@@ -180,7 +180,8 @@ def fit(
             epoch is saved.
         method: the RunRecord's method ("train", or a fine-tuning mode).
         extra_config: more entries for the record's config (model options, mode, ...).
-        log: "tensorboard" and/or "wandb" (VlmError when asked and not installed).
+        log: trackers, any of "tensorboard", "mlflow", "wandb" (`vlm.training.loggers`; VlmError when asked and
+            not installed).
         progress: called with a `TrainEvent` per batch and per epoch (nothing is printed here).
         max_epochs_this_call: stop (resumably) after this many epochs in this call; for tests and
             time-sliced jobs. The result then has `finished=False` and no test metrics.
@@ -232,7 +233,8 @@ def _train_and_score(trainer: "_Trainer", test: Split, config: TrainConfig, ctx:
     record_config = {**config.to_dict(), **(extra_config or {}), "device_used": str(device),
                      "precision": "bf16-autocast" if uses_bf16(device, config.amp) else "fp32",
                      "distributed": ctx.describe(trainer.sync_bn)}
-    loggers = Loggers(log if ctx.is_main else (), run_dir, record_config)
+    loggers = Loggers(log if ctx.is_main else (), run_dir,
+                      run_params(method, model_name, trainer.train.task.flag, weights_id, record_config))
     state = trainer.state
     try:
         trainer.emit(TrainEvent("start", state.epoch, config.epochs, batches=len(trainer.starts),
