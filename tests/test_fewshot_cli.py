@@ -111,7 +111,7 @@ def test_text_methods_and_3d_volumes(bench, tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--method", "lineer-probe"], "Unknown few-shot method 'lineer-probe'"),
-    (["--shots", "0"], "--shots must be at least 1"),
+    (["--shots", "0"], "--shots must be a whole number of at least 1"),
     (["--shots", "two"], "--shots takes whole numbers"),
     (["--method", "coop"], "image-only: coop need"),
     (["--method", "knn", "tip-adapter"], "image-only: tip-adapter need"),

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from vlm.commands.common import BootstrapOpt, DataRootOpt, SeedOpt, command
-from vlm.commands.output import Cell, Column, FormatOpt, Output, Styled, Table, columns, render_text
+from vlm.commands.output import Cell, Column, FormatOpt, Output, Styled, Table, columns, err, render_text
 from vlm.errors import VlmError
 
 if TYPE_CHECKING:
@@ -151,17 +152,22 @@ def compare_cmd(
 
         if baselines not in BASELINE_SETS:
             raise VlmError(f"Unknown --baselines '{baselines}': choose one of {', '.join(BASELINE_SETS)}.")
-    records = load_runs(runs_dir)
-    if not records and not baselines:
-        raise VlmError(f"No finished runs found in {runs_dir}; with --baselines medmnist the published table "
-                       "is shown alone.")
-    if dataset and records:
+    flags = None
+    if dataset:
         from vlm.tasks import get_task
 
         flags = [get_task(d).flag for d in dataset]
-        if not any(r.dataset in flags for r in records):
-            present = sorted({r.dataset for r in records})
-            raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
+    skipped: list[str] = []
+    records = load_runs(runs_dir, skipped=skipped)
+    if not records and not baselines:
+        raise VlmError(f"No finished runs found in {runs_dir}" + (
+            f"; {len(skipped)} record(s) skipped, the first: {skipped[0]}" if skipped else
+            "; with --baselines medmnist the published table is shown alone."))
+    if flags and records and not any(r.dataset in flags for r in records):
+        present = sorted({r.dataset for r in records})
+        raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
+    for note in skipped:  # the command goes on: one warning line per record left out
+        err.print(f"[yellow]warning:[/] skipped {escape(note)}", highlight=False, soft_wrap=True)
     table = compare.comparison_table(records, dataset, baselines=baselines or False)
     title = f"Comparison of runs in {runs_dir}" if records else f"Published {baselines} results (no runs in {runs_dir})"
     return comparison_output(table, title=title, metrics=shown)

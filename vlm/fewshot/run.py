@@ -18,6 +18,7 @@ import torch
 from vlm.data import Split, load_split
 from vlm.embeddings import EmbedProgress, check_policy, image_embeddings
 from vlm.errors import VlmError
+from vlm.files import check_writable_folder
 from vlm.fewshot.base import FewShotData, MethodSpec, ZeroShotHead, get_method
 from vlm.fewshot.shots import Shot, Shots, check_shot, default_shots_path, prepare_shots
 from vlm.finetune.modes import check_image_size
@@ -159,6 +160,8 @@ def run_fewshot(
     if val_shots is not None:
         check_shot(val_shots, "val_shots")
     check_policy(slice_axis, pool)
+    check_writable_folder(runs_dir, "Runs folder")
+    check_writable_folder(shots_dir if shots_dir is not None else Path(runs_dir) / "shots", "Shots folder")
     splits = {s: load_split(flag, s, size, data_root, download=download) for s in ("train", "val", "test")}
     task = splits["train"].task
     enc = encoder if encoder is not None else load_encoder(model, weights, device)
