@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from vlm.commands import calibrate, compare, data, experiments, fewshot, plot, prompts, robustness, training
+from vlm.commands import calibrate, compare, data, experiments, fewshot, plot, prompts, report, robustness, training
 from vlm.commands import zeroshot
 from vlm.commands.common import VlmGroup
 
@@ -31,6 +31,7 @@ app.command("compare")(compare.compare_cmd)
 app.command("calibrate")(calibrate.calibrate_cmd)
 app.command("robustness")(robustness.robustness_cmd)
 app.add_typer(plot.plot_app, name="plot")
+app.command("report")(report.report_cmd)
 app.command("train")(training.train_cmd)
 app.command("finetune")(training.finetune_cmd)
 app.command("models")(training.models_cmd)

@@ -7,6 +7,7 @@ is queued.
 
     parser = argparse.ArgumentParser()
     add_common_args(parser)                 # --device auto|cpu|cuda, --data-root, --threads
+    add_step_args(parser, steps=5)          # --steps, --warmup (step-timing scripts)
     args = parser.parse_args()
     device = setup(args, "what this benchmark compares")   # threads set, environment printed
     with Stopwatch(device) as sw:
@@ -39,6 +40,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help=f"folder of MedMNIST .npz files (default: {DEFAULT_DATA_ROOT})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for both sides (default: torch's own choice)")
+
+
+def add_step_args(parser: argparse.ArgumentParser, steps: int) -> None:
+    """Add --steps (timed steps per side, default `steps`) and --warmup (untimed steps first, default 1)."""
+    parser.add_argument("--steps", type=int, default=steps, help=f"timed steps per side (default: {steps})")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (default: 1)")
 
 
 def pick_device(name: str = "auto") -> torch.device:

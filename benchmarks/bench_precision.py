@@ -27,7 +27,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from _common import add_common_args, now, print_table, setup
+from _common import add_common_args, add_step_args, now, print_table, setup
 
 from models import create_model
 from vlm.data import load_split
@@ -43,8 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated registry names (default: acs:resnet18,slices:tf_efficientnet_lite0)")
     p.add_argument("--dataset", default="vesselmnist3d", help="a single-label MedMNIST flag, 28 px (default: vesselmnist3d)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: 32, the 3D recipes' batch)")
-    p.add_argument("--steps", type=int, default=4, help="timed steps per side (default: 4)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (default: 1)")
+    add_step_args(p, steps=4)
     add_common_args(p)
     return p.parse_args(argv)
 

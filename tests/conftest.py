@@ -111,13 +111,12 @@ def tiny_oc_weights(tmp_path_factory) -> tuple[str, Path]:
 
 
 # ----------------------------------------------------------------------------- figures
-@pytest.fixture(scope="session")
-def bench(tmp_path_factory):
-    """Synthetic data files and scored runs: binary (2 seeds), multi-class, multi-label, zero-shot styles."""
+def write_bench(base: Path) -> dict:
+    """Synthetic data files in base/data and scored runs in base/runs: binary (2 seeds), multi-class, multi-label,
+    zero-shot styles (random scores, 30 bootstrap rounds)."""
     from vlm.data import load_split
     from vlm.scoring import record_run, score_split
 
-    base = tmp_path_factory.mktemp("plots")
     root, runs = base / "data", base / "runs"
     root.mkdir()
     for flag in SYNTHETIC:
@@ -138,3 +137,9 @@ def bench(tmp_path_factory):
     out["zeroshot"] = [run("breastmnist", i, method="zero-shot", model="ViT-B-32", config={"style": style})
                        for i, style in enumerate(("clip", "plain", "radiology"))]
     return out
+
+
+@pytest.fixture(scope="session")
+def bench(tmp_path_factory):
+    """`write_bench`'s data and runs, shared by the figure tests."""
+    return write_bench(tmp_path_factory.mktemp("plots"))

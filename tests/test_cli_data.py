@@ -114,4 +114,4 @@ def test_unwritable_runs_dir(data_root, tmp_path):
     (tmp_path / "blocker").write_text("x")
     result = invoke("evaluate", "breastmnist", "--scores", tmp_path / "s.npy", "--data-root", data_root,
                     "--record", "--runs-dir", tmp_path / "blocker" / "runs")
-    assert result.exit_code == 2 and "Cannot create a run folder" in result.stderr
+    assert result.exit_code == 2 and "cannot be made:" in result.stderr and "is a file, not a folder" in result.stderr

@@ -68,7 +68,7 @@ def test_cli_errors_are_one_line(data_root, tmp_path):
     assert result.exit_code == 2 and "Unknown model 'biomedclp'" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["zero-shot", "vesselmnist3d", "--model", "fake", "--slice-axis", "5",
                                       "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs")])
-    assert result.exit_code == 2 and "Slice axis 5 is out of range" in result.output
+    assert result.exit_code == 2 and "--slice-axis must be a whole number between 0 and 2, got 5" in result.output
 
 
 def test_cli_prompts_compare(tiny_oc_weights, data_root, tmp_path):

@@ -205,6 +205,19 @@ def test_training_outcomes_do_not_split_seeds():
     assert table.cell(table.rows[0], table.columns[0]).n_seeds == 2
 
 
+def test_fewshot_seeds_are_one_row_per_method_and_k():
+    # Each seed draws its own shots (a shots file and its digest) and picks its own option on val ("chosen").
+    records = [
+        _fake(seed=s, method="fewshot-knn", model="timm:lite0", config={
+            "fewshot_method": "knn", "shots": k, "shots_file": f"shots/{k}_{s}.json", "shots_sha256": f"{k}{s}" * 8,
+            "n_train": 2 * k, "options": {"k": "auto"}, "chosen": {"k": s + 1}, "val_auc": 0.5 + s / 10})
+        for k in (1, 4) for s in (0, 1)
+    ]
+    table = compare.comparison_table(records)
+    assert len(table.rows) == 2 and [table.cell(r, table.columns[0]).n_seeds for r in table.rows] == [2, 2]
+    assert sorted(r.options["shots"] for r in table.rows) == [1, 4]
+
+
 def test_experiment_method_is_one_row_across_datasets():
     # A probe run on a 2D and a 3D dataset picks its L2 strength per dataset and has 3D-only options.
     records = [
@@ -342,3 +355,17 @@ def test_cli_help_has_examples():
     for args in (["compare", "--help"], ["plot", "roc", "--help"], ["plot", "embeddings", "--help"]):
         result = invoke(*args)
         assert result.exit_code == 0 and "Example" in result.stdout
+
+
+def test_compare_with_no_runs_prints_the_published_table_alone(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["compare", str(tmp_path), "--baselines", "medmnist", "--json"])
+    assert out.exit_code == 0, out.output
+    table = json.loads(out.stdout)
+    assert len(table["columns"]) == 12 * 2 + 6  # 2D at 28 and 224 px, 3D at 28 px
+    assert all(row["published"] for row in table["rows"])
+    md = runner.invoke(app, ["compare", str(tmp_path), "--baselines", "medmnist", "--dataset", "retinamnist",
+                             "--format", "markdown"])
+    assert md.exit_code == 0 and "| ResNet-18 (28) (published) | 0.717† | 0.524† |" in md.stdout
+    bare = runner.invoke(app, ["compare", str(tmp_path)])
+    assert bare.exit_code == 2 and "--baselines medmnist" in bare.output

@@ -31,6 +31,7 @@ from vlm.evaluate import evaluate
 from vlm.sampling import EpochSampler
 from vlm.tasks import get_task
 from vlm.training import LAST_FILE, TrainConfig, batch_starts, fit
+from vlm.training.checkpoint import read_last
 from vlm.training.distributed import check_global_batch, init_distributed, shard_range
 
 TINY = dict(epochs=2, batch_size=16, eval_batch_size=8, n_bootstrap=20, device="cpu")
@@ -334,7 +335,7 @@ def test_ddp_run_resumes_in_one_process(ranks, data_root, one_process, tmp_path)
     out = ranks.run(_run_worker, data_root, str(runs), 1)
     assert not out[0]["finished"]
     (folder,) = runs.iterdir()
-    saved = torch.load(folder / LAST_FILE, map_location="cpu", weights_only=True)
+    saved = read_last(folder / LAST_FILE)
     assert len(saved["rng_ranks"]) == 2 and not any(k.startswith("module.") for k in saved["model"])
     resumed = fit(_bn_net(), *_splits(data_root), TrainConfig(**RUN), model_name="bn-net", run_dir=folder)
     assert resumed.finished and resumed.epochs_run == 2

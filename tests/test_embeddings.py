@@ -87,7 +87,7 @@ def test_3d_volumes_are_encoded_slice_by_slice_and_pooled(axis, pool):
 
 @pytest.mark.parametrize("axis", [3, -1])
 def test_slice_axis_out_of_range(axis):
-    with pytest.raises(VlmError, match=f"Slice axis {axis} is out of range"):
+    with pytest.raises(VlmError, match=f"--slice-axis must be a whole number between 0 and 2, got {axis}"):
         image_embeddings(FakeEncoder(), random_split("vesselmnist3d", 1), slice_axis=axis)
 
 

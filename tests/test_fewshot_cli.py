@@ -111,7 +111,7 @@ def test_text_methods_and_3d_volumes(bench, tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--method", "lineer-probe"], "Unknown few-shot method 'lineer-probe'"),
-    (["--shots", "0"], "--shots must be at least 1"),
+    (["--shots", "0"], "--shots must be a whole number of at least 1"),
     (["--shots", "two"], "--shots takes whole numbers"),
     (["--method", "coop"], "image-only: coop need"),
     (["--method", "knn", "tip-adapter"], "image-only: tip-adapter need"),
@@ -157,6 +157,17 @@ def test_plot_has_a_band_and_curve_per_method_the_full_points_and_the_zero_shot_
 
     empty = runner.invoke(app, ["plot", "fewshot", str(runs), "--dataset", "retinamnist", "--out", str(out)])
     assert empty.exit_code == 2 and "No few-shot runs of retinamnist" in empty.stderr
+
+    # runs encoded at another input size are not mixed in: --image-size picks them, the title says both sizes
+    run_fewshot("breastmnist", "fake", methods=["knn"], shots=[1], seeds=[0], data_root=root, runs_dir=runs,
+                encoder=FakeEncoder(), image_size=32, n_bootstrap=0)
+    mixed = runner.invoke(app, ["plot", "fewshot", str(runs), "--dataset", "breastmnist", "--out", str(out)])
+    assert mixed.exit_code == 2 and "several input sizes (native, 32): pick one with --image-size" in mixed.stderr
+    picked = runner.invoke(app, ["plot", "fewshot", str(runs), "--dataset", "breastmnist", "--image-size", "32",
+                                 "--out", str(out)])
+    assert picked.exit_code == 0, picked.output
+    svg = out.read_text()
+    assert re.findall(r'id="fewshot-curve-([\w-]+)"', svg) == ["knn", "knn"] and "breastmnist 28px at 32px" in svg
 
 
 # ----------------------------------------------------------------------------- vlm run

@@ -31,7 +31,7 @@ runner = CliRunner()
 ORDER = ["", "datasets", "datasets info", "models", "prompts", "prompts list", "prompts show", "prompts validate",
          "zero-shot", "prompts compare", "evaluate", "train", "finetune", "fewshot", "run", "compare", "calibrate",
          "robustness", "plot", "plot roc", "plot confusion", "plot reliability", "plot robustness", "plot styles",
-         "plot montage", "plot embeddings", "plot fewshot"]
+         "plot montage", "plot embeddings", "plot fewshot", "report"]
 
 
 def command_paths() -> list[str]:

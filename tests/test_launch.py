@@ -194,14 +194,14 @@ def test_launch_settings_from_file_and_options(tmp_path):
     params = executor_parameters(settings, Session(runs_dir=str(tmp_path), jobs=exp.jobs()))
     assert params["slurm_partition"] == "a100" and params["gpus_per_node"] == 2 and params["timeout_min"] == 30
     assert params["slurm_array_parallelism"] == 4
-    with pytest.raises(VlmError, match="Unknown launcher 'pbs'"):
+    with pytest.raises(VlmError, match="launcher: input should be 'local' or 'slurm' \\(got 'pbs'\\)"):
         exp.launch.merged(launcher="pbs")
 
 
 @pytest.mark.parametrize("launch,needle", [
-    ("launch: {workers: two}", ":9: launch workers must be an integer"),
+    ("launch: {workers: two}", ":9: launch.workers: input should be a valid integer (got 'two')"),
     ("launch: {gpus: 1}", ":9: unknown key 'gpus'"),
-    ("launch: {launcher: pbs}", ":9: Unknown launcher 'pbs'"),
+    ("launch: {launcher: pbs}", ":9: launch.launcher: input should be 'local' or 'slurm' (got 'pbs')"),
 ])
 def test_bad_launch_keys_name_the_line(tmp_path, launch, needle):
     path = tmp_path / "exp.yaml"

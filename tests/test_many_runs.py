@@ -19,8 +19,11 @@ def test_load_runs_skips_folders_without_a_readable_record(tmp_path):
         (tmp_path / name / "record.json").write_text(text)
     (tmp_path / "empty").mkdir()
     (tmp_path / "loose.json").write_text("{}")
-    records = load_runs(tmp_path)
+    skipped: list[str] = []
+    records = load_runs(tmp_path, skipped=skipped)
     assert [r.path for r in records] == [str(first)]
+    assert [note.split(" ")[0].rstrip(":") for note in skipped] == [str(tmp_path / n / "record.json")
+                                                                    for n in ("a-list", "no-fields", "not-json")]
     assert [r.path for r in load_runs(tmp_path, status="running")] == [str(tmp_path / "running")]
 
 

@@ -21,6 +21,7 @@ from vlm.evaluate import evaluate
 from vlm.methods import resume
 from vlm.preprocess import medmnist_preprocess
 from vlm.tasks import get_task
+from vlm.training.checkpoint import read_last
 from vlm.training import (
     BEST_FILE, EPOCHS_FILE, LAST_FILE, InputPipeline, TrainConfig, TrainingInterrupted, batch_starts, fit, lr_factor,
     predict, train,
@@ -43,7 +44,7 @@ def test_multistep_matches_medmnist_milestones():
 
 # ----------------------------------------------------------------------------- the loop
 def _files(run_dir: Path):
-    return load_file(str(run_dir / BEST_FILE)), torch.load(run_dir / LAST_FILE, weights_only=True)
+    return load_file(str(run_dir / BEST_FILE)), read_last(run_dir / LAST_FILE)
 
 
 def test_resumed_run_ends_identical(data_root, runs_dir):
@@ -124,7 +125,7 @@ def test_non_finite_loss_stops_with_a_clear_message(data_root, runs_dir):
         fit(net, *splits, TrainConfig(epochs=3, **TINY), model_name="explodes", runs_dir=runs_dir, progress=arm)
     run_dir = next(runs_dir.iterdir())
     assert "last.pt (epoch 1)" in str(info.value)
-    assert torch.load(run_dir / LAST_FILE, weights_only=True)["state"]["epoch"] == 1
+    assert read_last(run_dir / LAST_FILE)["state"]["epoch"] == 1
     assert (run_dir / BEST_FILE).is_file() and not (run_dir / "record.json").exists()
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -31,9 +30,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Iterator
 
+from vlm.files import HOST, pid_alive
+
 CLAIMS_DIR = ".claims"
 LOCK_FILE = ".lock"
-HOST = socket.gethostname()
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
 MAX_CRASHES = 3  # a job whose worker died this often is marked failed instead of claimed again
@@ -63,19 +63,6 @@ class Claim:
         data = asdict(self)
         data.pop("mtime")
         return json.dumps(data, indent=1)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Claims:

@@ -45,7 +45,7 @@ RUN_SPECIFIC_KEYS = frozenset({
     "scores_file", "checkpoint", "resume", "download", "num_workers", "workers", "verbose", "quiet",
     "log_every", "cache", "cache_dir", "best_epoch", "epochs_run", "stopped_epoch", "elapsed", "timings",
     "experiment_method", "device_used", "precision", "images_encoded", "l2", "l2_grid", "val_auc", "k_grid",
-    "best_val_auc", "stop_reason", "selection",
+    "best_val_auc", "stop_reason", "selection", "chosen", "shots_sha256",
 })
 _RUN_SPECIFIC_SUFFIXES = ("_dir", "_path", "_file", "_root")
 
@@ -207,6 +207,8 @@ def comparison_table(
 
     if baselines:
         name = "medmnist" if baselines is True else str(baselines)
+        if not columns:  # no runs: the published table alone
+            columns = _published_columns(name, flags)
         rows_pub, cells_pub = _baseline_rows(name, list(columns.values()), flags)
         rows += rows_pub
         cells.update(cells_pub)
@@ -222,6 +224,15 @@ def comparison_table(
     table = ComparisonTable(columns=cols, rows=rows, cells=cells, notes=notes)
     _mark_best(table)
     return table
+
+
+def _published_columns(name: str, flags: list[str] | None) -> dict[str, Column]:
+    """A test column for every (dataset, size) that the published set has results for."""
+    from vlm.baselines import baselines as published
+
+    cols = [Column(task.flag, int(entry["size"]), "test") for task in all_tasks()
+            if flags is None or task.flag in flags for entry in published(name, task.flag)]
+    return {col.key: col for col in cols}
 
 
 def _baseline_rows(name: str, columns: list[Column], flags: list[str] | None) -> tuple[list[Row], dict]:

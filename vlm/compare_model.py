@@ -15,6 +15,7 @@ from vlm.results import jsonable
 METRICS = ("auc", "acc", "ece", "brier", "nll")
 DEFAULT_METRICS = ("auc", "acc")
 LOWER_IS_BETTER = frozenset({"ece", "brier", "nll"})
+METRIC_NAMES = {"auc": "AUC", "acc": "ACC", "ece": "ECE", "brier": "Brier", "nll": "NLL"}  # as table headers show them
 
 
 def parse_metrics(text: str | None) -> tuple[str, ...]:

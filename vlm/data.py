@@ -151,16 +151,46 @@ def ensure_file(
     )
 
 
-def _to_channels_first(images: np.ndarray, task: TaskSpec) -> np.ndarray:
-    """MedMNIST arrays -> (N, C, H, W) / (N, C, D, H, W): grey 2D is (N,H,W), colour (N,H,W,3), 3D (N,D,H,W)."""
+def expected_image_shape(task: TaskSpec, size: int) -> tuple[int, ...]:
+    """One image's shape in a MedMNIST file: grey 2D (H, W), colour 2D (H, W, 3), 3D (D, H, W)."""
     if task.is_3d:
-        if images.ndim == 4:
-            return images[:, None]
-    elif images.ndim == 3:
+        return (size, size, size)
+    return (size, size) if task.n_channels == 1 else (size, size, task.n_channels)
+
+
+def check_arrays(images: np.ndarray, labels: np.ndarray, task: TaskSpec, size: int, path: Path, split: str) -> None:
+    """A VlmError naming the file, the array and what was expected unless `images` and `labels` are what
+    MedMNIST stores for `task` at `size`: uint8 images of `expected_image_shape`, one label row per image,
+    integer class indices in range (multi-label: 0/1 per label)."""
+    import numpy as np
+
+    where = f"{path}: {split}_images"
+    if images.dtype != np.uint8:
+        raise VlmError(f"{where} has dtype {images.dtype}, expected uint8 (MedMNIST stores 0-255 pixels); "
+                       f"convert it with (x * 255).round().astype('uint8') if it holds [0, 1] floats.")
+    shape = expected_image_shape(task, size)
+    if images.ndim != 1 + len(shape) or tuple(images.shape[1:]) != shape:
+        raise VlmError(f"{where} has shape {tuple(images.shape)}, expected (N, {', '.join(map(str, shape))}) for "
+                       f"{task.flag} ({task.dims}, {task.n_channels} channel(s)) at size {size}.")
+    where = f"{path}: {split}_labels"
+    width = task.num_classes if task.kind == "multi-label" else 1
+    if labels.ndim not in (1, 2) or labels.reshape(len(labels), -1).shape != (len(images), width):
+        raise VlmError(f"{where} has shape {tuple(labels.shape)}, expected ({len(images)}, {width}): one row per "
+                       f"image of {split}_images.")
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)):
+        raise VlmError(f"{where} has dtype {labels.dtype}, expected integer class indices.")
+    top = 2 if task.kind == "multi-label" else task.num_classes
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= top):
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise VlmError(f"{where} holds the value {bad}, expected 0..{top - 1} "
+                       f"({'0/1 per label' if task.kind == 'multi-label' else f'{top} classes'}).")
+
+
+def _to_channels_first(images: np.ndarray, task: TaskSpec) -> np.ndarray:
+    """MedMNIST arrays (checked by `check_arrays`) -> (N, C, H, W) / (N, C, D, H, W)."""
+    if task.is_3d or images.ndim == 3:
         return images[:, None]
-    elif images.ndim == 4 and images.shape[-1] in (1, 3):
-        return images.transpose(0, 3, 1, 2)
-    raise VlmError(f"{task.flag}: unexpected image array shape {images.shape} for a {task.dims} dataset.")
+    return images.transpose(0, 3, 1, 2)
 
 
 def load_split(
@@ -186,7 +216,11 @@ def load_split(
     if check_md5:
         verify(task, size, data_root)
     try:
-        with np.load(path) as npz:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in npz.files]
+            if missing:
+                raise VlmError(f"{path} has no array {missing[0]} (it holds {', '.join(npz.files) or 'nothing'}): "
+                               f"not a MedMNIST file, or a damaged one; download it again from {task.url(size)}.")
             images = npz[f"{split}_images"]
             labels = npz[f"{split}_labels"]
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
@@ -194,9 +228,10 @@ def load_split(
             f"{path} is not a readable MedMNIST file ({type(exc).__name__}: {exc}). It may be truncated: "
             f"delete it and download it again from {task.url(size)} (MD5 {task.md5(size)})."
         ) from None
+    check_arrays(images, labels, task, size, path, split)
     images = np.ascontiguousarray(_to_channels_first(images, task))
     return Split(
-        images=torch.from_numpy(images.astype(np.uint8, copy=False)),
+        images=torch.from_numpy(images),
         labels=torch.from_numpy(labels.astype(np.int64).reshape(len(labels), -1)),
         task=task,
         split=split,

@@ -19,11 +19,13 @@ methods that work on embeddings (zero-shot, the linear probe and kNN).
 
 Cache: one `<key>.safetensors` (tensor "embeddings") and a `<key>.json` sidecar that spells out the
 key, under `cache_dir` (default `$VLM_CACHE_DIR`, else `~/.cache/medvlm/embeddings`). The key is the
-sha256 of the encoder id and weights id, dataset, size, split, the preprocessing id, the 3D policy,
-a fingerprint of the split's contents (shape, labels and a strided sample of images, so that a
-re-generated or edited file is not mistaken for the old one) and the format version. Files are written
-atomically; a corrupt or mismatched entry is recomputed. Random-initialised encoders (weights id
-`random-init`) are never cached.
+encoder id and weights id, dataset, size, split, the preprocessing id, the 3D policy, the split's data
+fingerprint (`vlm.data.data_fingerprint`: shape, labels and a strided sample of images, so that a
+re-generated or edited file is not mistaken for the old one) and the format version; its sha256 names
+the file. The entry's metadata holds the full key and a sha256 over key and embeddings, and a read
+verifies both (and the shape, and finite values): an entry that does not match (another key, rows
+reordered or changed on disk, a damaged file) is discarded with one warning and its split encoded again.
+Files are written atomically. Random-initialised encoders (weights id `random-init`) are never cached.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -43,9 +46,10 @@ from vlm.data import Split, data_fingerprint
 from vlm.encoders import RANDOM_INIT, Encoder
 from vlm.errors import VlmError
 from vlm.preprocess import channels_last
+from vlm.ranges import check_option
 from vlm.files import atomic_write_bytes, atomic_write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the metadata holds the full key and a content digest, verified on every read
 ENV_CACHE = "VLM_CACHE_DIR"
 POOLS = ("mean", "max")
 SLICE_AXES = {0: "D", 1: "H", 2: "W"}
@@ -63,9 +67,7 @@ def default_cache_dir() -> Path:
 
 def check_policy(slice_axis: int, pool: str) -> None:
     """Validate the 3D slice axis and pooling (raises VlmError)."""
-    if isinstance(slice_axis, bool) or slice_axis not in SLICE_AXES:
-        raise VlmError(f"Slice axis {slice_axis} is out of range: use 0 (D, depth), 1 (H) or 2 (W) of a "
-                       f"(C, D, H, W) volume.")
+    check_option("slice_axis", slice_axis)  # 0, 1, 2: D (depth), H, W of a (C, D, H, W) volume
     if pool not in POOLS:
         raise VlmError(f"Unknown pooling '{pool}': use {' or '.join(POOLS)}.")
 
@@ -117,25 +119,57 @@ def cache_path(key: dict[str, Any], cache_dir: str | os.PathLike | None = None) 
     return root / f"{key['dataset']}_{key['split']}_{digest}.safetensors"
 
 
-def _read_cache(path: Path, n: int, dim: int) -> torch.Tensor | None:
+def entry_digest(key_json: str, emb: torch.Tensor, *extra: str) -> str:
+    """sha256 over a cache entry's key, any `extra` text (the text cache's prompts) and its embeddings."""
+    h = hashlib.sha256(key_json.encode())
+    for text in extra:
+        h.update(b"\0" + text.encode() + b"\0")
+    h.update(emb.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_entry(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
+    """The "embeddings" tensor of a safetensors cache entry and its metadata (raises on a damaged file)."""
+    from safetensors.torch import load
+
+    data = path.read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    return load(data)["embeddings"], header.get("__metadata__") or {}
+
+
+def discard_entry(path: Path, what: str, reason: str, again: str) -> None:
+    """Warn (one line) that a cache entry failed verification, and delete it."""
+    warnings.warn(f"{what} cache entry {path} discarded: {reason}; {again}.", stacklevel=4)
+    path.unlink(missing_ok=True)
+
+
+def _read_cache(path: Path, key: dict[str, Any], dim: int) -> torch.Tensor | None:
+    """The verified embeddings of a cache entry, or None: no entry, or one that failed verification (discarded
+    with a warning)."""
     if not path.is_file():
         return None
+    again = f"the {key['dataset']} {key['split']} split is encoded again"
     try:
-        from safetensors.torch import load_file
-
-        emb = load_file(str(path))["embeddings"]
-    except Exception:  # noqa: BLE001 - a damaged entry is recomputed
-        return None
-    if emb.dim() != 2 or emb.shape[0] != n or emb.shape[1] != dim or not torch.isfinite(emb).all():
-        return None
+        emb, meta = read_entry(path)
+    except Exception as exc:  # noqa: BLE001 - any damage is a mismatch
+        return discard_entry(path, "Image-embedding", f"it cannot be read ({type(exc).__name__})", again)
+    key_json = json.dumps(key, sort_keys=True)
+    if meta.get("key") != key_json:
+        return discard_entry(path, "Image-embedding", "its stored key differs from this split's", again)
+    if emb.dim() != 2 or emb.shape != (key["n"], dim) or not torch.isfinite(emb).all():
+        return discard_entry(path, "Image-embedding", f"its embeddings {tuple(emb.shape)} do not fit {key['n']} "
+                             f"images x {dim}", again)
+    if meta.get("sha256") != entry_digest(key_json, emb):
+        return discard_entry(path, "Image-embedding", "its checksum does not match its contents", again)
     return emb.float()
 
 
 def _write_cache(path: Path, emb: torch.Tensor, key: dict[str, Any]) -> None:
     from safetensors.torch import save
 
-    data = save({"embeddings": emb.detach().float().cpu().contiguous()},
-                metadata={"key": json.dumps(key, sort_keys=True)})
+    emb = emb.detach().float().cpu().contiguous()
+    key_json = json.dumps(key, sort_keys=True)
+    data = save({"embeddings": emb}, metadata={"key": key_json, "sha256": entry_digest(key_json, emb)})
     try:
         atomic_write_bytes(path, data)
         atomic_write_text(path.with_suffix(".json"), json.dumps({**key, "file": path.name,
@@ -219,7 +253,7 @@ def image_embeddings(
     if cacheable:
         key = cache_key(encoder, split, slice_axis, pool)
         path = cache_path(key, cache_dir)
-        hit = _read_cache(path, n, encoder.embed_dim)
+        hit = _read_cache(path, key, encoder.embed_dim)
         if hit is not None:
             if hasattr(progress, "set_total"):
                 progress.set_total(0)  # type: ignore[union-attr]

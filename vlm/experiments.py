@@ -27,54 +27,129 @@ jobs that already have a finished record and an interrupted matrix resumes where
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+import typing
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, create_model
 
+from vlm.embeddings import EmbeddingPolicy
 from vlm.errors import VlmError
+from vlm.finetune.modes import FinetuneOptions
 from vlm.jobprogress import JobReporter
-from vlm.methods import Job, Method, MethodError, get_method, method_kinds, resume
+from vlm.methods import Job, Method, get_method, method_kinds, resume
+from vlm.ranges import RANGES
 from vlm.results import RunRecord, load_runs
+from vlm.runtime import check_device_name
+from vlm.schemas import Flag, Number, Schema, Text, line_of, validate
 from vlm.tasks import get_task
+from vlm.training.config import TrainConfig
+from vlm.yaml_files import read_yaml
 
-TOP_KEYS = {"name", "description", "seeds", "datasets", "methods", "runs_dir", "data_root", "device", "launch"}
-DATASET_KEYS = {"flag", "size"}
-METHOD_KEYS = {"name", "kind", "model", "weights", "mode", "prompts", "styles", "datasets", "options"}
 JOB_KEY = "experiment_job"
 LAUNCHERS = ("local", "slurm")
 
 
-@dataclass(frozen=True)
-class LaunchSettings:
+class LaunchSettings(BaseModel):
     """How `vlm run` spreads the jobs: worker processes here, or a submitit launcher (local or SLURM)."""
 
-    workers: int = 1  # worker processes (here, or tasks of the local launcher)
-    launcher: str | None = None  # None: run here; "local" or "slurm": through submitit
-    partition: str | None = None  # SLURM partition
-    gpus_per_job: int = 1
-    time: int = 60  # minutes per job (the SLURM time limit; the local launcher's timeout per task)
-    array_parallelism: int = 16  # SLURM array tasks running at once
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    workers: Number("workers") = 1  # worker processes (here, or tasks of the local launcher)
+    launcher: Optional[Literal["local", "slurm"]] = None  # None: run here; or through submitit
+    partition: Optional[Text] = None  # SLURM partition
+    gpus_per_job: Number("gpus_per_job") = 1
+    time: Number("time") = 60  # minutes per job (the SLURM time limit; the local launcher's timeout per task)
+    array_parallelism: Number("array_parallelism") = 16  # SLURM array tasks running at once
 
     def merged(self, **overrides: Any) -> "LaunchSettings":
         """These settings with the given non-None values replaced (the CLI's options over the file's keys)."""
-        settings = replace(self, **{k: v for k, v in overrides.items() if v is not None})
-        settings.check()
-        return settings
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return validate(LaunchSettings, {**self.model_dump(), **given}, "launch settings")
 
     def check(self) -> None:
-        """A VlmError naming the setting at fault."""
-        if self.launcher is not None and self.launcher not in LAUNCHERS:
-            raise VlmError(f"Unknown launcher '{self.launcher}' (one of {', '.join(LAUNCHERS)}).")
-        for name in ("workers", "time", "array_parallelism"):
-            if getattr(self, name) < 1:
-                raise VlmError(f"launch {name} must be at least 1, not {getattr(self, name)}.")
-        if self.gpus_per_job < 0:
-            raise VlmError(f"launch gpus_per_job must be 0 or more, not {self.gpus_per_job}.")
+        """A VlmError naming the setting at fault (settings built without validation)."""
+        validate(LaunchSettings, self.model_dump(), "launch settings")
 
 
-LAUNCH_KEYS = {f.name for f in fields(LaunchSettings)}
+LAUNCH_KEYS = set(LaunchSettings.model_fields)
+
+
+# ----------------------------------------------------------------------------- the file's schema
+def _one_or_list(value: Any) -> Any:
+    return [value] if not isinstance(value, list) and value is not None else value
+
+
+def _joined(value: Any) -> Any:
+    """`[clip, descriptive]` -> "clip,descriptive" (a list of anything else is left to fail as text)."""
+    return ",".join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else value
+
+
+class DatasetEntry(Schema):
+    """`- breastmnist` or `- {flag: vesselmnist3d, size: 28}`."""
+
+    flag: Text
+    size: StrictInt = 28
+
+
+class MethodEntry(Schema):
+    """One method of the matrix; `options` are checked against its kind's typed options (`options_schema`)."""
+
+    name: Annotated[Text, Field(min_length=1)]
+    kind: Text
+    model: Annotated[Text, Field(min_length=1)]
+    weights: Optional[Text] = None
+    mode: Optional[Text] = None
+    prompts: Optional[Text] = None
+    styles: Annotated[Text, BeforeValidator(_joined)] = "all"
+    datasets: Optional[Annotated[list[Text], BeforeValidator(_one_or_list)]] = None
+    options: Optional[dict[str, Any]] = None
+
+
+class ExperimentFile(Schema):
+    """The experiment file (see the module docstring)."""
+
+    name: Optional[Text] = None
+    description: Optional[Text] = None
+    seeds: Annotated[list[Number("seed")], BeforeValidator(_one_or_list), Field(min_length=1)] = [0]
+    datasets: Annotated[list[Annotated[DatasetEntry, BeforeValidator(lambda v: {"flag": v} if isinstance(v, str)
+                                                                   else v)]], Field(min_length=1)]
+    methods: Annotated[list[MethodEntry], Field(min_length=1)]
+    runs_dir: Optional[Text] = None
+    data_root: Optional[Text] = None
+    device: Text = "auto"
+    launch: Optional[LaunchSettings] = None
+
+
+def _option_type(name: str, hint: Any) -> Any:
+    """The schema type of one method option from its Python type (TrainConfig, FinetuneOptions, EmbeddingPolicy):
+    numbers with their range (`vlm.ranges`), strict text and flags, anything for what is not typed there."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if typing.get_origin(args[0]) is list:
+        item = typing.get_args(args[0])[0]
+        return list[Number(name) if name in RANGES else _option_type(name, item)]
+    if typing.get_origin(args[0]) in (dict, Literal):
+        return args[0]
+    types = [Number(name) if a in (int, float) and name in RANGES else {str: Text, bool: Flag, int: StrictInt,
+                                                                        float: float}.get(a, Any) for a in args]
+    return Any if Any in types else Union[tuple(types)] if len(types) > 1 else types[0]
+
+
+# Options typed by the library calls themselves, not by an options dataclass.
+_CALL_OPTIONS = {"model_opts": Optional[dict[str, Any]], "pretrained": Optional[bool],
+                 "split": Literal["train", "val", "test"]}
+
+
+@lru_cache(maxsize=None)
+def options_schema(kind: str) -> type[BaseModel]:
+    """The typed options of a method kind: the kind's option names, each with the type its library call takes."""
+    hints: dict[str, Any] = dict(_CALL_OPTIONS)
+    for owner in (EmbeddingPolicy, FinetuneOptions, TrainConfig):
+        hints.update(typing.get_type_hints(owner))
+    fields_ = {name: (Optional[_option_type(name, hints[name])] if name in hints else Any, None)
+               for name in sorted(get_method(kind).options)}
+    return create_model(f"{kind}-options", __config__=ConfigDict(extra="forbid"), **fields_)
 
 
 @dataclass
@@ -97,133 +172,77 @@ class Experiment:
                 for seed in self.seeds]
 
 
-def _line_index(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
-    """1-based line of every mapping key and list item of a composed YAML document."""
-    lines = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            lines.update(_line_index(value, path + (key.value,)))
-            lines[path + (key.value,)] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines.update(_line_index(item, path + (i,)))
-    return lines
-
-
 class _Reader:
-    """Validates a parsed experiment and points errors at `file:line`."""
+    """Points the semantic checks (known datasets, kinds, models) at `file:line`."""
 
     def __init__(self, path: Path, lines: dict[tuple, int]):
         self.path, self.lines = path, lines
 
     def fail(self, where: tuple, message: str) -> VlmError:
-        line = next((self.lines[where[:i]] for i in range(len(where), -1, -1) if where[:i] in self.lines), 1)
-        return VlmError(f"{self.path}:{line}: {message}")
+        return VlmError(f"{self.path}:{line_of(where, self.lines) or 1}: {message}")
 
-    def mapping(self, value: Any, where: tuple, allowed: set[str]) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(where, f"expected a mapping, got {type(value).__name__}.")
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise self.fail(where + (unknown[0],), f"unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))}).")
-        return value
-
-    def dataset(self, flag: Any, where: tuple) -> str:
+    def dataset(self, flag: str, where: tuple) -> str:
         try:
-            return get_task(str(flag)).flag
+            return get_task(flag).flag
         except VlmError as exc:
             raise self.fail(where, str(exc)) from None
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:
-    """Parse and validate an experiment file; every error names the file and line."""
+    """Parse and validate an experiment file (types and ranges by its schema, then datasets, kinds, models and
+    option names); every error is one line naming the file and line."""
     path = Path(path)
+    data, lines = read_yaml(path, "experiment file")
+    if not isinstance(data, dict):
+        raise VlmError(f"{path}:1: an experiment file is a YAML mapping with datasets and methods"
+                       + (" (the file is empty)." if data is None else f", not a {type(data).__name__}."))
+    doc = validate(ExperimentFile, data, str(path), lines=lines)
+    reader = _Reader(path, lines)
     try:
-        text = path.read_text()
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise VlmError(f"Experiment file {path} not found.") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise VlmError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML ({getattr(exc, 'problem', exc)}).") from None
-    reader = _Reader(path, _line_index(node) if node is not None else {})
-    data = reader.mapping(data, (), TOP_KEYS)
-    for key in ("datasets", "methods"):
-        if not data.get(key):
-            raise reader.fail((), f"'{key}' is required and must not be empty.")
-
-    datasets = []
-    for i, entry in enumerate(data["datasets"]):
-        entry = {"flag": entry} if isinstance(entry, str) else reader.mapping(entry, ("datasets", i), DATASET_KEYS)
-        flag = reader.dataset(entry.get("flag"), ("datasets", i))
-        size = int(entry.get("size", 28))
-        if size not in get_task(flag).sizes:
-            raise reader.fail(("datasets", i, "size"), f"{flag} has no size {size} (sizes: {get_task(flag).sizes}).")
-        datasets.append((flag, size))
-    flags = {flag for flag, _ in datasets}
-
-    methods, names = [], set()
-    for i, entry in enumerate(data["methods"]):
-        where = ("methods", i)
-        entry = reader.mapping(entry, where, METHOD_KEYS)
-        for key in ("name", "kind", "model"):
-            if not entry.get(key):
-                raise reader.fail(where, f"method {i + 1} needs '{key}'.")
-        if entry["kind"] not in method_kinds():
-            raise reader.fail(where + ("kind",), f"unknown kind '{entry['kind']}' (one of {', '.join(method_kinds())}).")
-        kind = get_method(entry["kind"])
-        if entry["name"] in names:
-            raise reader.fail(where + ("name",), f"method name '{entry['name']}' is used twice.")
-        names.add(entry["name"])
-        try:
-            kind.check(str(entry["model"]), entry.get("mode"))
-        except MethodError as exc:
-            raise reader.fail(where + ((exc.key,) if exc.key else ()), str(exc)) from None
-        restrict = None
-        if entry.get("datasets") is not None:
-            restrict = tuple(reader.dataset(f, where + ("datasets", j)) for j, f in enumerate(entry["datasets"]))
-            missing = sorted(set(restrict) - flags)
-            if missing:
-                raise reader.fail(where + ("datasets",), f"{', '.join(missing)} not in the experiment's datasets.")
-        options = entry.get("options") or {}
-        if not isinstance(options, dict):
-            raise reader.fail(where + ("options",), "options must be a mapping.")
-        allowed = kind.options
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise reader.fail(where + ("options", unknown[0]), f"unknown {entry['kind']} option '{unknown[0]}' "
-                              f"(allowed: {', '.join(sorted(allowed))}).")
-        styles = entry.get("styles", "all")
-        methods.append(Method(
-            name=str(entry["name"]), kind=entry["kind"], model=str(entry["model"]), weights=entry.get("weights"),
-            mode=entry.get("mode"), prompts=entry.get("prompts"),
-            styles=",".join(styles) if isinstance(styles, list) else str(styles),
-            datasets=restrict, options=dict(options)))
-
-    seeds = data.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) else seeds
-    if not all(isinstance(s, int) for s in seeds):
-        raise reader.fail(("seeds",), "seeds must be integers.")
-    launch = _launch(reader, data.get("launch") or {})
-    optional_path = (lambda p: Path(p) if p else None)  # relative paths are from the working folder, as on the CLI
-    return Experiment(name=str(data.get("name", path.stem)), path=path, seeds=list(seeds), datasets=datasets,
-                      methods=methods, runs_dir=optional_path(data.get("runs_dir")),
-                      data_root=optional_path(data.get("data_root")), device=str(data.get("device", "auto")),
-                      launch=launch)
-
-
-def _launch(reader: _Reader, entry: Any) -> LaunchSettings:
-    """The `launch` mapping: integers where counts are, a known launcher."""
-    entry = reader.mapping(entry, ("launch",), LAUNCH_KEYS)
-    for key, value in entry.items():
-        text = key in ("launcher", "partition")
-        if (not isinstance(value, str)) if text else (not isinstance(value, int) or isinstance(value, bool)):
-            raise reader.fail(("launch", key), f"launch {key} must be {'text' if text else 'an integer'}.")
-    try:
-        return LaunchSettings().merged(**entry)
+        check_device_name(doc.device)
     except VlmError as exc:
-        raise reader.fail(("launch", next(iter(entry), None)), str(exc)) from None
+        raise reader.fail(("device",), str(exc)) from None
+    datasets = []
+    for i, entry in enumerate(doc.datasets):
+        flag = reader.dataset(entry.flag, ("datasets", i))
+        if entry.size not in get_task(flag).sizes:
+            raise reader.fail(("datasets", i, "size"), f"{flag} has no size {entry.size} "
+                                                       f"(sizes: {get_task(flag).sizes}).")
+        datasets.append((flag, entry.size))
+    flags = {flag for flag, _ in datasets}
+    methods, names = [], set()
+    for i, entry in enumerate(doc.methods):
+        methods.append(_method(reader, entry, ("methods", i), flags, names))
+    optional_path = (lambda p: Path(p) if p else None)  # relative paths are from the working folder, as on the CLI
+    return Experiment(name=doc.name or path.stem, path=path, seeds=list(doc.seeds), datasets=datasets,
+                      methods=methods, runs_dir=optional_path(doc.runs_dir), data_root=optional_path(doc.data_root),
+                      device=doc.device, launch=doc.launch or LaunchSettings())
+
+
+def _method(reader: _Reader, entry: MethodEntry, where: tuple, flags: set[str], names: set[str]) -> Method:
+    """One method entry: a known kind, a unique name, its datasets among the experiment's, typed options and the
+    kind's own check (models, prompt files)."""
+    if entry.kind not in method_kinds():
+        raise reader.fail(where + ("kind",), f"unknown kind '{entry.kind}' (one of {', '.join(method_kinds())}).")
+    if entry.name in names:
+        raise reader.fail(where + ("name",), f"method name '{entry.name}' is used twice.")
+    names.add(entry.name)
+    restrict = None
+    if entry.datasets is not None:
+        restrict = tuple(reader.dataset(f, where + ("datasets", j)) for j, f in enumerate(entry.datasets))
+        missing = sorted(set(restrict) - flags)
+        if missing:
+            raise reader.fail(where + ("datasets",), f"{', '.join(missing)} not in the experiment's datasets.")
+    options = validate(options_schema(entry.kind), entry.options or {}, str(reader.path), lines=reader.lines,
+                       prefix=where + ("options",), what=f"{entry.kind} option").model_dump(exclude_unset=True)
+    method = Method(name=entry.name, kind=entry.kind, model=entry.model, weights=entry.weights, mode=entry.mode,
+                    prompts=entry.prompts, styles=entry.styles, datasets=restrict, options=options)
+    try:
+        get_method(entry.kind).check(method, restrict or tuple(sorted(flags)))
+    except VlmError as exc:  # a MethodError names the key at fault
+        key = getattr(exc, "key", None)
+        raise reader.fail(where + ((key,) if key else ("options",) if entry.options else ()), str(exc)) from None
+    return method
 
 
 def finished_jobs(runs_dir: str | os.PathLike) -> dict[str, RunRecord]:

@@ -28,10 +28,12 @@ from typing import Any, Callable, Iterable
 
 from vlm.embeddings import EmbeddingPolicy
 from vlm.errors import VlmError
-from vlm.fewshot.experiment import FEWSHOT_OPTIONS, run_fewshot_job
+from vlm.fewshot.experiment import FEWSHOT_OPTIONS, job_options, run_fewshot_job
 from vlm.finetune import EXTRA_OPTIONS, finetune, finetune_config
 from vlm.jobprogress import JobReporter
+from vlm.scoring import record_tags
 from vlm.training import SPEC_FILE, TrainConfig, TrainProgress, TrainResult, read_spec, train
+from vlm.training.checkpoint import resume_point
 from vlm.training.config import option_names
 
 # Options that may change when a run is resumed (they do not change what is computed on the CPU).
@@ -97,7 +99,7 @@ class MethodKind:
     name: str
     options: frozenset[str]  # the `options` keys an experiment method of this kind accepts
     run: Callable[..., Any]  # run(job, *, runs_dir, data_root, device, cache_dir, progress)
-    check: Callable[[str, str | None], None] = lambda model, mode: None  # (model, mode); raises MethodError
+    check: Callable[[Method, tuple[str, ...]], None] = lambda method, datasets: None  # raises MethodError
     resume: Callable[..., TrainResult] | None = None  # resume(spec, config, **run_kwargs)
 
 
@@ -137,7 +139,9 @@ def resume(
 
     `overrides` are the options the user gave again; any that differ from the saved ones (except
     `device`) raise a VlmError that lists them. `data_root` may point elsewhere. The spec's `entry`
-    picks the method kind that resumes it.
+    picks the method kind that resumes it; its `tags` (an experiment's job key) go into the record, so a
+    job of `vlm run` resumed by hand counts as that job. A damaged folder (spec.json incomplete, last.pt
+    missing, truncated or changed, best.safetensors gone) stops with a VlmError naming the file.
 
     Example:
         >>> resume("runs/20250101-120000_breastmnist_train_small-cnn")   # doctest: +SKIP
@@ -151,9 +155,11 @@ def resume(
     kind = METHODS.get(spec.get("entry"))  # type: ignore[arg-type]
     if kind is None or kind.resume is None:
         raise VlmError(f"{run_dir / SPEC_FILE} names no resumable method (entry {spec.get('entry')!r}).")
+    resume_point(run_dir)  # the checkpoints verified before any work (fit reads them again)
     root = data_root if data_root is not None else spec.get("data_root")
-    return kind.resume(spec, config, data_root=root, download=download, run_dir=run_dir, log=log,
-                       progress=progress, max_epochs_this_call=max_epochs_this_call)
+    with record_tags(**spec.get("tags", {})):
+        return kind.resume(spec, config, data_root=root, download=download, run_dir=run_dir, log=log,
+                           progress=progress, max_epochs_this_call=max_epochs_this_call)
 
 
 def _apply_overrides(spec: dict[str, Any], config: TrainConfig, overrides: dict[str, Any], run_dir: Path) -> TrainConfig:
@@ -195,12 +201,12 @@ def _same(a: Any, b: Any) -> bool:
 _TRAIN_OPTIONS = frozenset(option_names() - {"seed", "device", "recipe_overrides"})
 
 
-def _check_train(model: str, mode: str | None) -> None:
+def _check_train(method: Method, datasets: tuple[str, ...]) -> None:
     """Unknown models fail at load time, not an hour into the matrix."""
     from models import ModelError, model_dims
 
     try:
-        model_dims(model)
+        model_dims(method.model)
     except ModelError as exc:
         raise MethodError(str(exc), key="model") from None
 
@@ -219,9 +225,39 @@ def _resume_train(spec: dict[str, Any], config: TrainConfig, **run_kwargs: Any) 
                  pretrained=spec.get("pretrained"), model_opts=spec.get("model_opts"), **run_kwargs)
 
 
-def _check_finetune(model: str, mode: str | None) -> None:
-    if not mode:
+def _check_finetune(method: Method, datasets: tuple[str, ...]) -> None:
+    from vlm.finetune import MODES
+
+    if not method.mode:
         raise MethodError("a finetune method needs 'mode' (linear-probe, knn, full or zs-init).")
+    if method.mode not in MODES:
+        raise MethodError(f"unknown mode '{method.mode}' (one of {', '.join(MODES)}).", key="mode")
+    _check_encoder(method)
+
+
+def _check_encoder(method: Method) -> None:
+    """The encoder name means a backend (nothing is loaded)."""
+    from vlm.encoders.base import resolve_name
+
+    try:
+        resolve_name(method.model)
+    except VlmError as exc:
+        raise MethodError(str(exc), key="model") from None
+
+
+def _check_zero_shot(method: Method, datasets: tuple[str, ...]) -> None:
+    """The encoder name resolves, and the prompt file (or the shipped one) is valid for every dataset, with the
+    styles asked for: what the run would refuse, refused when the experiment is loaded (and by --dry-run)."""
+    from vlm.prompts import load_prompt_set
+
+    _check_encoder(method)
+    for flag in datasets:
+        try:
+            prompt_set = load_prompt_set(Path(method.prompts) if method.prompts else flag, dataset=flag)
+            if method.styles not in ("all", "best"):
+                prompt_set.resolve_styles(method.styles)
+        except VlmError as exc:
+            raise MethodError(str(exc), key="prompts" if method.prompts else "styles") from None
 
 
 def _run_finetune(job: Job, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str,
@@ -254,7 +290,8 @@ register_method(MethodKind("train", options=_TRAIN_OPTIONS | {"model_opts", "pre
                            check=_check_train, resume=_resume_train))
 register_method(MethodKind("finetune", options=_TRAIN_OPTIONS | set(EXTRA_OPTIONS), run=_run_finetune,
                            check=_check_finetune, resume=_resume_finetune))
-register_method(MethodKind("zero-shot", run=_run_zero_shot,
+register_method(MethodKind("zero-shot", run=_run_zero_shot, check=_check_zero_shot,
                            options=frozenset({f.name for f in fields(EmbeddingPolicy)} - {"cache_dir"}
                                              | {"split", "n_bootstrap"})))
-register_method(MethodKind("fewshot", options=FEWSHOT_OPTIONS, run=run_fewshot_job))  # vlm.fewshot.experiment
+register_method(MethodKind("fewshot", options=FEWSHOT_OPTIONS, run=run_fewshot_job,  # vlm.fewshot.experiment
+                           check=lambda method, datasets: job_options(method) and None))

@@ -25,11 +25,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from vlm.errors import VlmError
-from vlm.files import atomic_save_npy, atomic_write_text
+from vlm.files import atomic_save_npy, atomic_write_text, load_npy
 
 RECORD_FILE = "record.json"
 SCORES_FILE = "scores.npy"
 DEFAULT_RUNS_DIR = "runs"
+RECORD_SCHEMA_VERSION = 1  # `vlm.schemas.RecordSchema`; records written before versions existed read as 1
 
 
 def library_versions() -> dict[str, str]:
@@ -107,6 +108,7 @@ class RunRecord:
     calibrated: dict[str, Any] | None = None  # `vlm calibrate`: temperature and the calibrated test metrics
     run_id: str = ""
     path: str = ""
+    schema_version: int = RECORD_SCHEMA_VERSION
 
     @property
     def label(self) -> str:
@@ -160,52 +162,81 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def load_run(run: str | os.PathLike) -> RunRecord:
-    """Read a run folder (or its record.json)."""
-    path = Path(run)
-    record_path = path if path.suffix == ".json" else path / RECORD_FILE
+def parse_record(data: Any, source: str | os.PathLike) -> RunRecord:
+    """A RunRecord from a record's JSON object, checked against `vlm.schemas.RecordSchema` (types, required
+    fields, no unknown keys, this tool's schema version); a one-line VlmError naming `source` otherwise."""
+    from vlm.schemas import RecordSchema, validate
+
+    version = data.get("schema_version", RECORD_SCHEMA_VERSION) if isinstance(data, dict) else None
+    if isinstance(data, dict) and version != RECORD_SCHEMA_VERSION:
+        raise VlmError(f"{source}: a run record of schema version {version!r}, this medvlm reads version "
+                       f"{RECORD_SCHEMA_VERSION} (written by another version or another tool).")
+    if not isinstance(data, dict) or not {"method", "model", "dataset"} & set(data):
+        raise VlmError(f"{source}: not a medvlm run record (a JSON object with method, model, dataset, "
+                       f"metrics, ...).")
+    validate(RecordSchema, data, str(source))
+    return RunRecord.from_dict(data)
+
+
+def _read_record(record_path: Path) -> Any:
     try:
-        data = json.loads(record_path.read_text())
+        return json.loads(record_path.read_bytes())
     except FileNotFoundError:
         raise VlmError(f"No run record at {record_path}.") from None
-    except json.JSONDecodeError as exc:
-        raise VlmError(f"{record_path} is not valid JSON ({exc.msg}, line {exc.lineno}).") from None
-    record = RunRecord.from_dict(data)
+    except IsADirectoryError:
+        raise VlmError(f"{record_path} is a folder, not a run record.") from None
+    except OSError as exc:
+        raise VlmError(f"{record_path} cannot be read ({exc.strerror}).") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        where = f", line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise VlmError(f"{record_path} is not valid JSON ({getattr(exc, 'msg', exc)}{where}).") from None
+
+
+def load_run(run: str | os.PathLike) -> RunRecord:
+    """Read a run folder (or its record.json), checked against the record schema (`parse_record`)."""
+    path = Path(run)
+    record_path = path if path.suffix == ".json" else path / RECORD_FILE
+    record = parse_record(_read_record(record_path), record_path)
     record.path = str(record_path.parent)
     return record
 
 
 def load_scores(record: RunRecord) -> np.ndarray:
+    """The run's saved (N, K) scores (`vlm.files.load_npy`'s checks)."""
     path = Path(record.path) / SCORES_FILE
     if not path.is_file():
         raise VlmError(f"Run {record.run_id} has no scores file at {path}.")
-    return np.load(path)
+    return load_npy(path)
 
 
-def load_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, status: str | None = "finished") -> list[RunRecord]:
-    """All run records under a runs folder, oldest first (unreadable folders are skipped).
+def load_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, status: str | None = "finished",
+              skipped: list[str] | None = None) -> list[RunRecord]:
+    """All run records under a runs folder, oldest first.
 
-    One `os.scandir` of the folder and one read and parse per record (thousands of runs take about a
-    second); the status is checked before a RunRecord is built.
+    Folders without a record.json (runs not finished yet) are passed over; a record that cannot be read or
+    does not follow the record schema (missing fields, wrong types, another schema version, another tool's
+    JSON) is skipped, and one line naming it and why is appended to `skipped`. One `os.scandir` of the
+    folder and one read, parse and schema check per record (thousands of runs take about a second); the
+    status is checked before a RunRecord is built.
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        raise VlmError(f"Runs folder {runs_dir} does not exist.")
+        raise VlmError(f"Runs folder {runs_dir} does not exist" + (" (it is a file)." if runs_dir.exists() else "."))
     with os.scandir(runs_dir) as entries:
         names = sorted(entry.name for entry in entries if entry.is_dir())
     records = []
     for name in names:
         folder = runs_dir / name
-        try:
-            with open(folder / RECORD_FILE, "rb") as f:
-                data = json.loads(f.read())
-        except (OSError, ValueError):  # no record (yet), or not valid JSON
-            continue
-        if not isinstance(data, dict) or (status is not None and data.get("status", "finished") != status):
+        if not (folder / RECORD_FILE).exists():
             continue
         try:
-            record = RunRecord.from_dict(data)
-        except TypeError:  # a JSON object that is not a record
+            data = _read_record(folder / RECORD_FILE)
+            if isinstance(data, dict) and status is not None and data.get("status", "finished") != status:
+                continue
+            record = parse_record(data, folder / RECORD_FILE)
+        except VlmError as exc:
+            if skipped is not None:
+                skipped.append(str(exc))
             continue
         record.path = str(folder)
         records.append(record)

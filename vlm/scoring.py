@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from vlm.data import Split, load_split
-from vlm.errors import VlmError
 from vlm.evaluate import Metrics, check_scores, evaluate
-from vlm.files import atomic_save_npy
+from vlm.files import atomic_save_npy, check_writable_folder, load_npy
 from vlm.results import RunRecord, new_run_dir, save_run
 
 LOGITS_FILE = "logits.npy"  # the scored split's logits (N, K), beside scores.npy
@@ -35,6 +34,11 @@ def record_tags(**tags: Any):
         yield
     finally:
         _TAGS.reset(token)
+
+
+def current_tags() -> dict[str, Any]:
+    """The tags `record_tags` adds to records written now (empty outside its blocks)."""
+    return dict(_TAGS.get())
 
 
 def score_split(
@@ -77,17 +81,8 @@ def record_run(
 
 
 def load_scores_file(path: str | os.PathLike) -> torch.Tensor:
-    """A saved .npy score array as a float64 tensor, with a clear error if unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise VlmError(f"Scores file {path} not found.")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise VlmError(f"{path} is not a readable .npy array ({exc}).") from None
-    if not np.issubdtype(array.dtype, np.number):
-        raise VlmError(f"{path} holds {array.dtype} values, expected numbers.")
-    return torch.from_numpy(np.asarray(array, dtype=np.float64))
+    """A saved .npy score (or logit) array as a float64 tensor (`vlm.files.load_npy`'s checks)."""
+    return torch.from_numpy(np.asarray(load_npy(path), dtype=np.float64))
 
 
 def score_file(
@@ -103,6 +98,8 @@ def score_file(
     runs_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """`vlm evaluate`: score a saved array against a split's labels; record it when `runs_dir` is set."""
+    if runs_dir is not None:
+        check_writable_folder(runs_dir, "Runs folder")
     scores = load_scores_file(scores_path)
     data = load_split(flag, split, size, data_root)
     metrics = score_split(data, scores, threshold=threshold, n_bootstrap=n_bootstrap, seed=seed)

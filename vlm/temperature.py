@@ -57,7 +57,7 @@ def fit_temperature(kind: TaskKind | TaskSpec, val_logits: Array, val_labels: Ar
     `vlm.evaluate.evaluate`. Deterministic; see the module docstring for the search.
     """
     kind, names, name = _resolve(kind, None)
-    y, z = _prepare(kind, val_labels, val_logits, names, name)
+    y, z = _prepare(kind, val_labels, val_logits, names, name, probabilities=False)
     z = _pairs(kind, z)
     lo, hi = math.log(T_MIN), math.log(T_MAX)
     a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)

@@ -22,13 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from vlm.embeddings import default_cache_dir
+from vlm.embeddings import default_cache_dir, discard_entry, entry_digest, read_entry
 from vlm.encoders import RANDOM_INIT, Encoder
 from vlm.errors import VlmError
 from vlm.files import atomic_write_bytes
@@ -48,13 +47,6 @@ def text_key(encoder: Encoder) -> dict[str, Any] | None:
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False)
-
-
-def _digest(key_json: str, prompts_json: str, emb: torch.Tensor) -> str:
-    h = hashlib.sha256(key_json.encode())
-    h.update(b"\0" + prompts_json.encode() + b"\0")
-    h.update(emb.contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class TextCache:
@@ -108,13 +100,8 @@ class TextCache:
 
     def _read(self, path: Path, key_json: str, dim: int) -> dict[str, torch.Tensor] | None:
         """A shard's prompt -> features, or None (with a warning, the file deleted) if it fails verification."""
-        from safetensors.torch import load
-
         try:
-            data = path.read_bytes()
-            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-            meta = header.get("__metadata__") or {}
-            emb = load(data)["embeddings"]
+            emb, meta = read_entry(path)
             prompts = json.loads(meta["prompts"])
         except FileNotFoundError:  # merged away by another process meanwhile
             return None
@@ -125,15 +112,12 @@ class TextCache:
         if emb.dim() != 2 or emb.shape != (len(prompts), dim) or emb.dtype != torch.float32 \
                 or not torch.isfinite(emb).all():
             return self._discard(path, f"its embeddings {tuple(emb.shape)} do not fit {len(prompts)} prompts x {dim}")
-        if meta.get("digest") != _digest(key_json, meta["prompts"], emb):
+        if meta.get("digest") != entry_digest(key_json, emb, meta["prompts"]):
             return self._discard(path, "its digest does not match its contents")
         return dict(zip(prompts, emb))
 
     def _discard(self, path: Path, reason: str) -> None:
-        warnings.warn(f"Text-embedding cache entry {path} discarded: {reason}; its prompts are encoded again.",
-                      stacklevel=5)
-        path.unlink(missing_ok=True)
-        return None
+        return discard_entry(path, "Text-embedding", reason, "its prompts are encoded again")
 
     def _write(self, folder: Path, key_json: str, prompts: list[str], feats: torch.Tensor) -> None:
         """One new shard for `prompts`; past MAX_SHARDS, the folder's known shards merged into one."""
@@ -156,7 +140,7 @@ class TextCache:
 
         prompts_json = _canonical(prompts)
         feats = feats.contiguous()
-        meta = {"key": key_json, "prompts": prompts_json, "digest": _digest(key_json, prompts_json, feats)}
+        meta = {"key": key_json, "prompts": prompts_json, "digest": entry_digest(key_json, feats, prompts_json)}
         name = hashlib.sha256(prompts_json.encode()).hexdigest()[:24] + ".safetensors"
         try:
             atomic_write_bytes(folder / name, save({"embeddings": feats}, metadata=meta))

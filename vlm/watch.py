@@ -23,8 +23,11 @@ def prompt_changes(files: Sequence[str | os.PathLike], stop_event: Any = None) -
     The files' folders are watched, not the files, so that editors and `sed -i`, which save by renaming a
     new file over the old one, are seen too. Ends on Ctrl-C or when `stop_event` is set.
     """
+    import logging
+
     from watchfiles import watch
 
+    logging.getLogger("watchfiles.main").setLevel(logging.ERROR)  # no "KeyboardInterrupt caught" on Ctrl-C
     wanted = {Path(f).resolve() for f in files}
     folders = sorted({p.parent for p in wanted})
     for changes in watch(*folders, watch_filter=lambda _change, path: Path(path).resolve() in wanted,

@@ -36,7 +36,7 @@ from vlm.data import Split, load_split
 from vlm.embeddings import EmbeddingPolicy, EmbedProgress
 from vlm.encoders import Encoder, load_encoder
 from vlm.errors import VlmError
-from vlm.files import atomic_save_npy, file_digest
+from vlm.files import atomic_save_npy, check_new_file, check_writable_folder, file_digest
 from vlm.prompts import PromptSet, load_prompt_set
 from vlm.results import Timer
 from vlm.tasks import TaskSpec
@@ -214,6 +214,7 @@ def run_zero_shot(
     progress: EmbedProgress | None = None,
     record: bool = True,
     save_scores: str | os.PathLike | None = None,
+    force: bool = False,
     encoder: Encoder | None = None,
     ensemble: str | None = None,
     calibrate: str | None = None,
@@ -230,7 +231,7 @@ def run_zero_shot(
     acc_ci, balanced_acc, per_class, n, images_encoded (this call; 0 when the embeddings came from the cache), seconds (this
     style: text classifier + scores + metrics), encode_seconds (shared image embedding time), run_dir
     (None unless `record`), scores_file (with `save_scores`: FILE, or FILE_<style>.npy when several
-    styles run). `encoder` reuses an already loaded encoder instead of `model`/`weights`. `ensemble`:
+    styles run; an existing file is refused before any work unless `force`). `encoder` reuses an already loaded encoder instead of `model`/`weights`. `ensemble`:
     "embeddings" or "logits" prompt ensembling, None for the encoder's own (see `resolve_ensemble`). Every
     record keeps the test logits (logits.npy); `calibrate="temperature"` also scores the val split, keeps its
     logits and fits a temperature per style there (`vlm.calibrate`), adding `calibrated` to the result and
@@ -255,6 +256,13 @@ def run_zero_shot(
     check_prompt_set(prompt_set, task)
     best = styles == "best"
     chosen = prompt_set.style_names if best else prompt_set.resolve_styles(styles)
+    several = not best and len(chosen) > 1
+    if save_scores is not None and (Path(save_scores).is_dir() or not Path(save_scores).name):
+        raise VlmError(f"--save-scores {save_scores} is a folder; give a file name.")
+    for style in (chosen if several else [None]) if save_scores is not None else []:
+        check_new_file(_scores_path(Path(save_scores), str(style), several), force=force, option="--save-scores")
+    if record:
+        check_writable_folder(runs_dir, "Runs folder")
     with Timer() as t_load:
         enc = encoder if encoder is not None else load_encoder(model, weights, device, lazy=True)
     if not enc.has_text:
@@ -299,7 +307,7 @@ def run_zero_shot(
         if calibrated is not None:
             result["calibrated"] = calibrated
         if save_scores is not None:
-            out = _scores_path(Path(save_scores), style, len(chosen) > 1)
+            out = _scores_path(Path(save_scores), style, several)
             atomic_save_npy(out, scores.detach().float().cpu().numpy())
             result["scores_file"] = str(out)
         if record:

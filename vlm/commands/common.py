@@ -4,12 +4,14 @@ code 2, help reflowing, the common options and `command`, which makes a function
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import typing
+import warnings
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.markup import escape
@@ -17,6 +19,13 @@ from typer.core import TyperGroup
 
 from vlm.commands.output import FormatOpt, JsonOpt, Output, emit, err, resolve_format
 from vlm.errors import VlmError
+
+try:  # typer 0.2x vendors its own click
+    from typer._click import exceptions as click_errors
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+    from click import get_current_context  # type: ignore[no-redef]
 
 
 def reflow(text: str | None) -> str | None:
@@ -59,17 +68,65 @@ class VlmGroup(TyperGroup):
         flags_as_flags(self, ctx)
         return super().format_help(ctx, formatter)
 
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[override]
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click_errors.UsageError as exc:
+            _usage_error(exc)
+
     def invoke(self, ctx):  # type: ignore[override]
         from models.errors import ModelError
 
         try:
-            return super().invoke(ctx)
+            with one_line_warnings():
+                return super().invoke(ctx)
+        except click_errors.UsageError as exc:
+            _usage_error(exc)
         except (VlmError, ModelError) as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Python warnings (a discarded cache entry, a random-initialised model, ...) as one stderr line each."""
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        err.print(f"[yellow]warning:[/] {escape(' '.join(str(message).split()))}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _usage_error(exc: click_errors.UsageError) -> None:
+    """A command-line usage error (unknown option, a value that is not a number, ...) as one stderr line, exit 2;
+    a group called without a command shows its help as click does."""
+    if isinstance(exc, getattr(click_errors, "NoArgsIsHelpError", ())):
+        raise exc
+    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    message = " ".join(exc.format_message().split())
+    err.print(f"[bold red]error:[/] {escape(message)}{escape(where)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def check_ranges(values: dict[str, Any]) -> None:
+    """Every given numeric option that has a range (`vlm.ranges`), named as the command line spells it, before
+    any work (options typed as text, such as `--shots 1 2 all`, are checked where the command reads them)."""
+    from vlm.ranges import RANGES, check_options
+
+    numbers = {k: v for k, v in values.items() if k in RANGES and _numeric(v)}
+    if numbers:
+        ctx = get_current_context(silent=True)
+        flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts} if ctx is not None else {}
+        check_options(numbers, flags)
+
+
+def _numeric(value: Any) -> bool:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
 
 
 def command(func: Callable[..., Output | None]) -> Callable[..., None]:
@@ -102,6 +159,7 @@ def command(func: Callable[..., Output | None]) -> Callable[..., None]:
     @functools.wraps(func)
     def run(**kwargs: Any) -> None:
         fmt = resolve_format(kwargs.pop("fmt"), kwargs.pop("as_json"))
+        check_ranges(kwargs)
         for name, kind in groups.items():
             kwargs[name] = kind(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(kind)})
         emit(func(**kwargs, fmt=fmt) if takes_fmt else func(**kwargs), fmt)

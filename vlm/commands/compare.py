@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from vlm.commands.common import BootstrapOpt, DataRootOpt, command, seed_opt
-from vlm.commands.output import Cell, Column, FormatOpt, Output, Styled, Table, columns, render_text
+from vlm.commands.output import Cell, Column, FormatOpt, Output, Styled, Table, columns, err, render_text
 from vlm.errors import VlmError
 
 if TYPE_CHECKING:
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
 
 CSV_FIELDS = ("method", "published", "dataset", "size", "split", "column", "auc", "auc_lo", "auc_hi", "auc_std",
               "acc", "acc_lo", "acc_hi", "acc_std", "n_seeds", "n", "best_auc", "best_acc", "note", "run_ids")
-_NAMES = {"auc": "AUC", "acc": "ACC", "ece": "ECE", "brier": "Brier", "nll": "NLL"}
 PAIR_CSV_FIELDS = ("metric", "a", "b", "diff", "ci_lo", "ci_hi", "p_value", "rounds")
 
 
@@ -56,6 +56,7 @@ def comparison_output(table: ComparisonTable, title: str = "Comparison",
     """The comparison as data (`to_dict`), a rich table of `metrics` (best values starred, published rows dim
     italic, the legend as caption), a Markdown table (best values bold) and a long-format CSV."""
     from vlm.compare import format_value, legend
+    from vlm.compare_model import METRIC_NAMES as _NAMES
 
     cols = [Column("method", overflow="fold")] + [Column(f"{c.label}\n{_NAMES[m]}", "right", group=c.label)
                                                   for c in table.columns for m in metrics]
@@ -151,15 +152,22 @@ def compare_cmd(
 
         if baselines not in BASELINE_SETS:
             raise VlmError(f"Unknown --baselines '{baselines}': choose one of {', '.join(BASELINE_SETS)}.")
-    records = load_runs(runs_dir)
-    if not records:
-        raise VlmError(f"No finished runs found in {runs_dir}.")
+    flags = None
     if dataset:
         from vlm.tasks import get_task
 
         flags = [get_task(d).flag for d in dataset]
-        if not any(r.dataset in flags for r in records):
-            present = sorted({r.dataset for r in records})
-            raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
+    skipped: list[str] = []
+    records = load_runs(runs_dir, skipped=skipped)
+    if not records and not baselines:
+        raise VlmError(f"No finished runs found in {runs_dir}" + (
+            f"; {len(skipped)} record(s) skipped, the first: {skipped[0]}" if skipped else
+            "; with --baselines medmnist the published table is shown alone."))
+    if flags and records and not any(r.dataset in flags for r in records):
+        present = sorted({r.dataset for r in records})
+        raise VlmError(f"No runs of {', '.join(flags)} in {runs_dir}; runs there are on {', '.join(present)}.")
+    for note in skipped:  # the command goes on: one warning line per record left out
+        err.print(f"[yellow]warning:[/] skipped {escape(note)}", highlight=False, soft_wrap=True)
     table = compare.comparison_table(records, dataset, baselines=baselines or False)
-    return comparison_output(table, title=f"Comparison of runs in {runs_dir}", metrics=shown)
+    title = f"Comparison of runs in {runs_dir}" if records else f"Published {baselines} results (no runs in {runs_dir})"
+    return comparison_output(table, title=title, metrics=shown)

@@ -13,6 +13,7 @@ from vlm.commands.common import BootstrapOpt, DataRootOpt, DownloadOpt, FlagArg,
 from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, WeightsOpt
 from vlm.commands.output import Column, FormatOpt, Line, Output, Table, status_console
 from vlm.errors import VlmError
+from vlm.ranges import check_option
 
 MULTI_VALUE = ("--method", "--shots", "--seeds")
 FULL = ("all", "full")
@@ -63,9 +64,7 @@ def parse_shots(values: Sequence[str]) -> list[int | str]:
             k = int(v)
         except ValueError:
             raise VlmError(f"--shots takes whole numbers of examples per class or all/full, got '{v}'.") from None
-        if k < 1:
-            raise VlmError(f"--shots must be at least 1 example per class (or all/full), got {k}.")
-        shots.append(k)
+        shots.append(check_option("shots", k))
     return shots
 
 
@@ -75,9 +74,7 @@ def parse_seeds(values: Sequence[str]) -> list[int]:
         seeds = [int(v) for v in values]
     except ValueError:
         raise VlmError(f"--seeds takes whole numbers, got {' '.join(values)}.") from None
-    if any(s < 0 for s in seeds):
-        raise VlmError(f"--seeds must be 0 or more, got {min(seeds)}.")
-    return seeds
+    return check_option("seeds", seeds)
 
 
 def parse_options(values: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -210,7 +207,7 @@ def fewshot_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vlm.fewshot import curve_rows, curve_summary, get_method, run_fewshot
+    from vlm.fewshot import curve_rows, curve_summary, get_method, run_fewshot, size_note
     from vlm.fewshot.run import DEFAULT_SHOTS
 
     methods = list(dict.fromkeys(method or ["linear-probe"]))
@@ -242,7 +239,7 @@ def fewshot_cmd(
     encoded_note = f"encoded {encoded} images in {embed:.1f}s" if encoded else "image embeddings from the cache"
     folder = escape(str(runs_dir))
     shots_folder = escape(str(Path(first.config["shots_file"]).parent))
-    blocks: list[Any] = curve_tables(summary, f"{first.dataset} {first.size}px · {first.model}")
+    blocks: list[Any] = curve_tables(summary, f"{size_note(first)} · {first.model}")
     blocks += [Line(f"test split, {seeds_note(summary)}; {encoded_note}; {len(records)} runs fitted and scored "
                     f"in {fit:.1f}s; records in [bold]{folder}[/], shots files in [bold]{shots_folder}[/]",
                     soft_wrap=True),

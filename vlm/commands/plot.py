@@ -216,6 +216,9 @@ def plot_fewshot_cmd(
                         "only one].", show_default=False)] = None,
     size: Annotated[Optional[int], typer.Option(
         "--size", help="Image size of the runs \\[default: the only one].", show_default=False)] = None,
+    image_size: Annotated[Optional[int], typer.Option(
+        "--image-size", help="Input size the runs' images were encoded at (`vlm fewshot --image-size`) "
+                             "\\[default: the only one].", show_default=False)] = None,
 ) -> Output:
     """K-shot curves of `vlm fewshot` runs: test AUC and ACC against K (log2 axis), mean ± std bands over
     seeds, one curve per method; the encoder's zero-shot runs in the folder as horizontal lines and the
@@ -228,4 +231,5 @@ def plot_fewshot_cmd(
 
     if not runs_dir.is_dir():
         raise VlmError(f"Runs folder {runs_dir} not found.")
-    return _wrote(fewshot_figure(load_runs(runs_dir), dataset, out_file, model=model, size=size))
+    return _wrote(fewshot_figure(load_runs(runs_dir), dataset, out_file, model=model, size=size,
+                                       image_size=image_size))

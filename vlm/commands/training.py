@@ -13,6 +13,7 @@ from vlm.commands.output import FormatOpt, Output, Table, columns
 from vlm.commands.training_options import ImageSizeOpt, Recipe, RunControl, RunPlace, TrainFlagArg, TrainSizeOpt
 from vlm.commands.training_options import TrainWeightsOpt, config_options, run_training, training_output
 from vlm.errors import VlmError
+from vlm.ranges import check_option
 from vlm.training.recipes import RECIPES
 
 RecipeOpt = Annotated[Optional[str], typer.Option(
@@ -166,9 +167,10 @@ def finetune_cmd(
 
 def _int_or_error(name: str, value: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise VlmError(f"{name} takes a number or 'auto', got '{value}'.") from None
+    return check_option("k", number, name)
 
 
 @command

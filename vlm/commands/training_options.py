@@ -133,7 +133,8 @@ class RunPlace:
     data_root: DataRootOpt = None
     download: DownloadOpt = False
     log: Annotated[Optional[list[str]], typer.Option(
-        "--log", help="Also log to tensorboard and/or wandb (repeat the option; the package must be installed).",
+        "--log", help="Also log to a tracker: tensorboard, mlflow or wandb (repeatable; pip install "
+                      "\"medvlm\\[trackers]\" for the first two; MLflow: $MLFLOW_TRACKING_URI, default RUNS_DIR/mlruns).",
         show_default=False)] = None
 
 

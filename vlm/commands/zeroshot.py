@@ -45,7 +45,9 @@ def zero_shot_cmd(
     size: SizeOpt = 28,
     save_scores: Annotated[Optional[Path], typer.Option(
         "--save-scores", help="Also save the (N, K) scores as .npy; with several styles one file per style, "
-                              "named FILE_<style>.npy.", show_default=False)] = None,
+                              "named FILE_<style>.npy. An existing file is refused unless --force.",
+        show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Let --save-scores overwrite existing files.")] = False,
     *,
     encode: EncodeOptions,
     runs_dir: RunsDirOpt = Path("runs"),
@@ -70,7 +72,8 @@ def zero_shot_cmd(
     progress, callback = encode_progress(status_console(fmt), f"encoding {flag} {split}")
     with progress:
         results = run_zero_shot(flag, model, weights=weights, prompts=prompts, styles=style, split=split, size=size,
-                                runs_dir=runs_dir, progress=callback, save_scores=save_scores, ensemble=ensemble,
+                                runs_dir=runs_dir, progress=callback, save_scores=save_scores, force=force,
+                                ensemble=ensemble,
                                 calibrate=calibrate, **encoder_kwargs(encode, scoring))
     first = results[0]
     data = {"dataset": flag.lower(), "model": model, "encoder": first["model"], "weights_id": first["weights_id"],

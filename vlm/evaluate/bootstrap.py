@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from vlm.errors import VlmError
+from vlm.ranges import check_options
 from vlm.evaluate.core import _AucPlan, _column_aucs, _hits, _plans, _strict_auc
 from vlm.evaluate.inputs import Array, _prepare, _resolve
 from vlm.tasks import TaskKind, TaskSpec
@@ -54,9 +55,9 @@ def _bootstrap(
     return aucs, sums.T / y.numel()
 
 
-def _check_bootstrap_args(n_bootstrap: int, ci: float) -> None:
-    if n_bootstrap < 0:
-        raise VlmError(f"n_bootstrap must be >= 0 (0 disables CIs), got {n_bootstrap}.")
+def _check_bootstrap_args(n_bootstrap: int, ci: float, threshold: float = 0.5) -> None:
+    """Bootstrap rounds, CI level and the ACC threshold in their ranges (`vlm.ranges`)."""
+    check_options({"n_bootstrap": n_bootstrap, "threshold": threshold})
     if not 0 < ci < 1:
         raise VlmError(f"ci must be a level between 0 and 1 such as 0.95, got {ci}.")
 
@@ -92,7 +93,7 @@ def paired_bootstrap(
     the full-set AUC is undefined.
     """
     kind, names, name = _resolve(kind, None)
-    _check_bootstrap_args(n_bootstrap, ci)
+    _check_bootstrap_args(n_bootstrap, ci, threshold)
     if n_bootstrap == 0:
         raise VlmError("paired_bootstrap needs n_bootstrap >= 1.")
     runs = [_prepare(kind, y_true, sc, names, name) for sc in (scores_a, scores_b)]

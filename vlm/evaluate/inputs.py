@@ -13,6 +13,7 @@ from vlm.tasks import TaskKind, TaskSpec
 KINDS: tuple[TaskKind, ...] = ("binary", "multi-class", "multi-label", "ordinal")
 
 Array = Any  # a torch tensor, numpy array or nested list
+_TOLERANCE = 1e-6  # rounding of float32 probabilities
 
 
 def _resolve(
@@ -38,10 +39,17 @@ def _split_of(task: TaskSpec | None, n: int) -> str:
 
 
 def _prepare(
-    kind: TaskKind, y_true: Array, scores: Array, labels: Sequence[str] | None, name: str, task: TaskSpec | None = None
+    kind: TaskKind, y_true: Array, scores: Array, labels: Sequence[str] | None, name: str, task: TaskSpec | None = None,
+    probabilities: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate labels and scores; return labels (N, L) int64 and scores (N, K) float64 on the scores' device."""
-    s = torch.as_tensor(scores)
+    """Validate labels and scores; return labels (N, L) int64 and scores (N, K) float64 on the scores' device.
+
+    Scores are real numbers, finite, of shape (N, K) (binary also (N,)) and, with `probabilities` (all but
+    logits), in [0, 1]."""
+    try:
+        s = torch.as_tensor(scores)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise VlmError(f"Scores must be an array of numbers ({type(exc).__name__}: {exc}).") from None
     if s.is_complex() or s.dtype == torch.bool:
         raise VlmError(f"Scores must be real numbers, got dtype {s.dtype}.")
     s = s.to(torch.float64)
@@ -89,6 +97,9 @@ def _prepare(
     bad_rows = int((~torch.isfinite(s)).any(dim=1).sum())
     if bad_rows:
         raise VlmError(f"Scores contain NaN or infinite values in {bad_rows} of {n} rows.")
+    if probabilities and bool(((s < -_TOLERANCE) | (s > 1 + _TOLERANCE)).any()):
+        raise VlmError(f"Scores must be probabilities in [0, 1] (softmax, or per-label sigmoid for multi-label); "
+                       f"they range over [{s.min().item():.4g}, {s.max().item():.4g}]. Logits? Apply softmax first.")
     return y, s
 
 

@@ -96,7 +96,7 @@ def evaluate(
     `n_bootstrap=0` disables the CIs. Runs on the scores' device.
     """
     kind, names, name = _resolve(task_or_kind, labels)
-    _check_bootstrap_args(n_bootstrap, ci)
+    _check_bootstrap_args(n_bootstrap, ci, threshold)
     y, s = _prepare(kind, y_true, scores, names, name, task_or_kind if isinstance(task_or_kind, TaskSpec) else None)
     n, k = s.shape
     names = _class_names(kind, names, k)

@@ -46,15 +46,10 @@ def _finished_tags(runs_dir: str | os.PathLike) -> set[str]:
     return {str(r.config[JOB_TAG]) for r in load_runs(runs_dir) if r.config.get(JOB_TAG)}
 
 
-def run_fewshot_job(job: Any, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str,
-                    cache_dir: str | os.PathLike | None, progress: Any = None) -> None:
-    """Run the K values of one job that have no record yet, one record per K (see the module doc);
-    `progress` (a `vlm.jobprogress.JobReporter`) hears the encodings."""
-    from vlm.encoders import load_encoder
-    from vlm.runtime import resolve_device
-    from vlm.scoring import record_tags
-
-    method, opts = job.method, dict(job.method.options)
+def job_options(method: Any) -> tuple[Any, list, dict[str, Any], dict[str, Any], list[str]]:
+    """An experiment's few-shot method as (method spec, K values, run options, the method's own options, prompt
+    styles); a VlmError when they do not fit (checked when the experiment file is loaded, and by --dry-run)."""
+    opts = dict(method.options)
     name = opts.pop("method", None)
     if not name:
         raise VlmError(f"Few-shot method '{method.name}' needs options.method: one of {', '.join(METHODS)}.")
@@ -66,6 +61,19 @@ def run_fewshot_job(job: Any, *, runs_dir: str | os.PathLike, data_root: str | o
     styles = [s for s in str(method.styles).split(",") if s and s != "all"]
     if len(styles) > 1:
         raise VlmError(f"Few-shot method '{method.name}' takes one prompt style, not {method.styles}.")
+    return spec, shots, run_opts, opts, styles
+
+
+def run_fewshot_job(job: Any, *, runs_dir: str | os.PathLike, data_root: str | os.PathLike | None, device: str,
+                    cache_dir: str | os.PathLike | None, progress: Any = None) -> None:
+    """Run the K values of one job that have no record yet, one record per K (see the module doc);
+    `progress` (a `vlm.jobprogress.JobReporter`) hears the encodings."""
+    from vlm.encoders import load_encoder
+    from vlm.runtime import resolve_device
+    from vlm.scoring import record_tags
+
+    method = job.method
+    spec, shots, run_opts, opts, styles = job_options(method)
     done = _finished_tags(runs_dir)
     todo = [(k, job.key if i == len(shots) - 1 else f"{job.key}/K={k}") for i, k in enumerate(shots)]
     todo = [(k, tag) for k, tag in todo if tag not in done]

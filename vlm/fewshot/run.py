@@ -18,6 +18,7 @@ import torch
 from vlm.data import Split, load_split
 from vlm.embeddings import EmbedProgress, check_policy, image_embeddings
 from vlm.errors import VlmError
+from vlm.files import check_writable_folder
 from vlm.fewshot.base import FewShotData, MethodSpec, ZeroShotHead, get_method
 from vlm.fewshot.shots import Shot, Shots, check_shot, default_shots_path, prepare_shots
 from vlm.finetune.modes import check_image_size
@@ -159,6 +160,8 @@ def run_fewshot(
     if val_shots is not None:
         check_shot(val_shots, "val_shots")
     check_policy(slice_axis, pool)
+    check_writable_folder(runs_dir, "Runs folder")
+    check_writable_folder(shots_dir if shots_dir is not None else Path(runs_dir) / "shots", "Shots folder")
     splits = {s: load_split(flag, s, size, data_root, download=download) for s in ("train", "val", "test")}
     task = splits["train"].task
     enc = encoder if encoder is not None else load_encoder(model, weights, device)
@@ -193,6 +196,18 @@ def run_fewshot(
             if on_record is not None:
                 on_record(records[-1])
     return records
+
+
+def input_size(record: RunRecord) -> int | None:
+    """The size the record's images were encoded at (its preprocessing's; None where it kept native pixels)."""
+    size = record.preprocessing.get("size")
+    return None if size is None else int(size)
+
+
+def size_note(record: RunRecord) -> str:
+    """'breastmnist 28px' or, where the encoder took another input size, 'breastmnist 28px at 224px'."""
+    encoded = input_size(record)
+    return f"{record.dataset} {record.size}px" + ("" if encoded in (None, int(record.size)) else f" at {encoded}px")
 
 
 def curve_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:

@@ -18,6 +18,13 @@ pooling and the projection are then exactly the library's:
 
 Towers are chosen by `Encoder.backend` from `TOWERS` (`register_tower` adds one). The encoder's
 parameters are frozen while a tower is in use (`frozen()`); the image tower is never run.
+
+`trim(tokens)` drops the trailing positions that cannot change the features, so that a CoOp step runs
+the tower over the prompts' own tokens instead of the whole context (77 for CLIP, 256 for BiomedCLIP):
+open_clip's causal text transformers pooled at the EOT token (nothing at or before the EOT attends to a
+later position; the library's forward runs with its positional embedding and causal mask cut to the
+trimmed length, `OpenClipTower.at_length`), and HF text towers whose pooler ignores padding (the
+padding is masked out of attention). Other towers keep every position.
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ class PromptTower:
 
     def tokenize(self, texts: Sequence[str]) -> Tokens:
         raise NotImplementedError
+
+    def trim(self, tokens: Tokens) -> Tokens:
+        """`tokens` without trailing positions that cannot change `encode`'s features (here: all kept)."""
+        return tokens
 
     def token_embeddings(self, tokens: Tokens) -> torch.Tensor:
         raise NotImplementedError
@@ -94,18 +105,29 @@ class HookedTower(PromptTower):
             handle.remove()
 
 
+HF_PAD_FREE_POOLERS = ("ClsPooler", "ClsLastHiddenStatePooler", "MeanPooler")  # poolers that ignore padding
+
+
 class OpenClipTower(HookedTower):
     """open_clip CLIP / CustomTextCLIP (TextTransformer or HFTextEncoder text tower)."""
 
     def __init__(self, encoder: Any) -> None:
         model = encoder.model
         text = getattr(model, "text", None)
-        if text is None:
-            embedding = model.token_embedding
-        elif hasattr(text, "token_embedding"):
-            embedding = text.token_embedding
+        self.causal: nn.Module | None = None  # holds positional_embedding and the causal attn_mask (trimmable)
+        self.pool, self.eos_id, self.pad_id = "", None, None
+        if text is None or hasattr(text, "token_embedding"):
+            owner = model if text is None else text
+            embedding = owner.token_embedding
+            self.pool = getattr(owner, "text_pool_type", getattr(owner, "pool_type", ""))
+            self.eos_id = getattr(owner, "text_eos_id", getattr(owner, "eos_id", None))
+            if (getattr(owner, "attn_mask", None) is not None and getattr(owner, "cls_emb", None) is None
+                    and (self.pool == "argmax" or (self.pool == "eos" and self.eos_id is not None))):
+                self.causal = owner
         elif hasattr(getattr(text, "transformer", None), "get_input_embeddings"):
             embedding = text.transformer.get_input_embeddings()
+            if type(getattr(text, "pooler", None)).__name__ in HF_PAD_FREE_POOLERS:
+                self.pad_id = text.config.pad_token_id
         else:
             raise VlmError(f"CoOp cannot reach the token embeddings of {encoder.id}'s text tower "
                            f"({type(text).__name__}).")
@@ -114,8 +136,38 @@ class OpenClipTower(HookedTower):
     def tokenize(self, texts: Sequence[str]) -> Tokens:
         return {"ids": self.encoder.tokenizer(list(texts)).to(self.encoder.device)}
 
+    def trim(self, tokens: Tokens) -> Tokens:
+        """Causal towers: up to the last EOT of the prompts; HF towers: up to their last non-pad token."""
+        ids = tokens["ids"]
+        if self.causal is not None:
+            eot = ids.argmax(dim=-1) if self.pool == "argmax" else (ids == self.eos_id).int().argmax(dim=-1)
+            n = int(eot.max()) + 1
+        elif self.pad_id is not None:
+            words = (ids != self.pad_id).any(dim=0).nonzero()
+            n = int(words[-1]) + 1 if len(words) else ids.shape[1]
+        else:
+            return tokens
+        return {**tokens, "ids": ids[:, :n].contiguous()}
+
+    @contextlib.contextmanager
+    def at_length(self, n: int) -> Iterator[None]:
+        """A causal tower's positional embedding and causal mask cut to `n` positions inside the block."""
+        owner = self.causal
+        if owner is None or n == owner.positional_embedding.shape[0]:
+            yield
+            return
+        pos, mask = owner.positional_embedding, owner.attn_mask
+        owner.positional_embedding = nn.Parameter(pos.detach()[:n], requires_grad=False)
+        owner.attn_mask = mask[:n, :n]
+        try:
+            yield
+        finally:
+            owner.positional_embedding, owner.attn_mask = pos, mask
+
     def forward_ids(self, tokens: Tokens) -> torch.Tensor:
-        return self.encoder.model.encode_text(tokens["ids"])
+        ids = tokens["ids"]
+        with self.at_length(ids.shape[1]):
+            return self.encoder.model.encode_text(ids)
 
 
 class TransformersTower(HookedTower):

@@ -13,14 +13,15 @@ import torch
 from vlm.data import Split, load_splits
 from vlm.embeddings import EmbeddingPolicy, EmbedProgress
 from vlm.errors import VlmError, exception_summary
+from vlm.files import check_writable_folder
 from vlm.finetune.heads import TowerClassifier, zero_shot_head
 from vlm.finetune.probe import KNN_WEIGHTINGS, L2_GRID, PROBE_FILE, ZS_L2_EXTRA, knn, linear_probe, save_probe
 from vlm.results import new_run_dir
 from vlm.runtime import seed_everything
 from vlm.tasks import TaskSpec, get_task
 from vlm.training import TrainConfig, TrainProgress, TrainResult, check_batch_size, fit
-from vlm.training.checkpoint import create_run_dir
 from vlm.training.distributed import setup_distributed
+from vlm.training.loggers import check_log, log_record
 
 if TYPE_CHECKING:
     from vlm.encoders import Encoder
@@ -129,6 +130,9 @@ def finetune(
         raise VlmError(f"Unknown kNN weighting '{knn_weighting}': choose {' or '.join(KNN_WEIGHTINGS)}.")
     task = get_task(flag)
     task.check_size(size)
+    if run_dir is None:
+        check_writable_folder(runs_dir, "Runs folder")
+    check_log(log)
     trains = mode == "full" or (mode == "zs-init" and zs_then == "full")
     if trains and task.is_3d:
         raise VlmError(f"--mode {mode} trains the image tower on 2D images; {task.flag} is 3D. Use --mode "
@@ -168,28 +172,28 @@ def finetune(
             with torch.no_grad():
                 model.head.weight.copy_(head_w.to(model.head.weight.device))
                 model.head.bias.zero_()
-        if run_dir is None:
-            run_dir = create_run_dir(runs_dir, f"{task.flag}_{mode}_{enc.id}", {
-                "entry": "finetune", "flag": task.flag, "model": model_name, "mode": mode, "size": size,
+        spec = {"entry": "finetune", "flag": task.flag, "model": model_name, "mode": mode, "size": size,
                 "weights": str(weights) if weights is not None else None,
                 "data_root": str(data_root) if data_root is not None else None, "options": asdict(options),
-                "config": config.to_dict()})
+                "config": config.to_dict()}
         return fit(model, train_s, val_s, test_s, config, model_name=enc.id, preprocess=enc.preprocess,
-                   run_dir=run_dir, method=mode, weights_id=enc.weights_id,
+                   run_dir=run_dir, runs_dir=runs_dir, spec=spec, method=mode, weights_id=enc.weights_id,
                    extra_config={**base_config, **({"style": used_style} if used_style else {})},
-                   log=log, progress=progress, max_epochs_this_call=max_epochs_this_call,
-                   resume_hint=f"vlm finetune --resume {run_dir}")
+                   log=log, progress=progress, max_epochs_this_call=max_epochs_this_call)
 
     policy = EmbeddingPolicy(slice_axis, pool, config.eval_batch_size or 256, cache_dir)
     return _frozen(task, enc, mode, (train_s, val_s, test_s), config, base_config, head_w, policy, runs_dir=runs_dir,
-                   run_dir=run_dir, k=k, knn_weighting=knn_weighting, l2_grid=l2_grid, embed_progress=embed_progress)
+                   run_dir=run_dir, k=k, knn_weighting=knn_weighting, l2_grid=l2_grid, embed_progress=embed_progress,
+                   log=log)
 
 
 def _frozen(task: TaskSpec, enc: Encoder, mode: str, splits: tuple[Split, Split, Split], config: TrainConfig,
             base_config: dict[str, Any], head_w: torch.Tensor | None, policy: EmbeddingPolicy, *,
             runs_dir: str | os.PathLike, run_dir: str | os.PathLike | None, k: int | str, knn_weighting: str,
-            l2_grid: Sequence[float] | None, embed_progress: EmbedProgress | None) -> TrainResult:
-    """linear-probe, knn and the zs-init probe: on cached embeddings, seconds after the first encoding."""
+            l2_grid: Sequence[float] | None, embed_progress: EmbedProgress | None,
+            log: Iterable[str] = ()) -> TrainResult:
+    """linear-probe, knn and the zs-init probe: on cached embeddings, seconds after the first encoding; the
+    trackers in `log` get the config and the test metrics (there are no epochs)."""
     from vlm.scoring import record_run, score_split
 
     t0 = time.perf_counter()
@@ -228,6 +232,7 @@ def _frozen(task: TaskSpec, enc: Encoder, mode: str, splits: tuple[Split, Split,
                                  "fit_seconds": round(t_fit, 4)},
                         preprocessing={**enc.preprocess.to_dict(), "id": enc.preprocess.id,
                                        **policy.volume_fields(task.is_3d)})
+    log_record(log, record)
     history = out["grid"]
     return TrainResult(run_dir=folder, finished=True, epochs_run=0, best_epoch=0, best_val_auc=out["val_auc"],
                        history=history, seconds=seconds, seconds_per_epoch=0.0, stop_reason="completed",

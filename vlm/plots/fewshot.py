@@ -105,12 +105,14 @@ def fewshot_figure(
     *,
     model: str | None = None,
     size: int | None = None,
+    image_size: int | None = None,
 ) -> Path:
     """The K-shot curves of one dataset and encoder from its few-shot records (test split), with the
-    encoder's zero-shot records as lines (one per prompt style). Several encoders or sizes need
-    `model` / `size`; of several records of one (method, K, seed) the newest counts.
+    encoder's zero-shot records at the same sizes as lines (one per prompt style). Several encoders, data
+    sizes or encoder input sizes need `model` / `size` / `image_size`; of several records of one (method,
+    K, seed) the newest counts. Curves are in the order of their labels (the same colours on every dataset).
     """
-    from vlm.fewshot import curve_rows, curve_summary
+    from vlm.fewshot import curve_rows, curve_summary, input_size, size_note
 
     check_out(out)
     task = get_task(flag)
@@ -120,15 +122,25 @@ def fewshot_figure(
         raise VlmError(f"No few-shot runs of {task.flag}{'' if size is None else f' ({size}px)'} to plot; run "
                        f"`vlm fewshot {task.flag} ...` first.")
     runs, size = one_model(runs, task.flag, "few-shot", model)
+    if image_size is not None:
+        runs = [r for r in runs if input_size(r) == image_size]
+        if not runs:
+            raise VlmError(f"No few-shot runs of {task.flag} encoded at {image_size}px.")
+    inputs = sorted({input_size(r) or 0 for r in runs})
+    if len(inputs) > 1:
+        raise VlmError(f"Few-shot runs of {task.flag} encoded at several input sizes "
+                       f"({', '.join(str(i) if i else 'native' for i in inputs)}): pick one with --image-size.")
     runs = _latest(runs, lambda r: (_curve_label(r), str(r.config.get("shots")), r.seed))
     curves: dict[str, list[dict[str, Any]]] = {}
-    for label in dict.fromkeys(_curve_label(r) for r in runs):
+    for label in sorted({_curve_label(r) for r in runs}):
         curves[label] = curve_summary(curve_rows([r for r in runs if _curve_label(r) == label]))
     encoder = runs[0].model
     zs = _latest([r for r in records if r.method == ZERO_SHOT and r.dataset == task.flag and r.model == encoder
-                  and r.split == "test" and int(r.size) == size], lambda r: r.config.get("style"))
+                  and r.split == "test" and int(r.size) == size
+                  and input_size(r) in (None, input_size(runs[0]))],
+                 lambda r: r.config.get("style"))
     lines = [{"label": ZERO_SHOT if len(zs) == 1 else f"{ZERO_SHOT} [{r.config.get('style')}]",
               "auc": r.metrics.get("auc"), "acc": r.metrics.get("acc")} for r in zs]
     n_seeds = len({r.seed for r in runs})
     over = "one seed" if n_seeds == 1 else f"mean ± std over {n_seeds} seeds"
-    return plot_fewshot(curves, out, zero_shot=lines, title=f"Few-shot · {task.flag} {size}px · {encoder} · {over}")
+    return plot_fewshot(curves, out, zero_shot=lines, title=f"Few-shot · {size_note(runs[0])} · {encoder} · {over}")

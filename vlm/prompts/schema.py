@@ -11,11 +11,10 @@ import string
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from vlm.errors import VlmError
 from vlm.prompts.expand import PromptBlock, PromptSet, PromptStyle
 from vlm.tasks import TaskSpec, get_task
+from vlm.yaml_files import read_yaml
 
 PLACEHOLDERS = ("label",)
 TOP_KEYS = ("dataset", "description", "classes", "names", "styles")
@@ -29,65 +28,8 @@ _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
 # ----------------------------------------------------------------------------- reading YAML
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when PyYAML has it: ~10x faster
-    """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = seen.get(key)
-        except TypeError:  # unhashable key: let the base constructor report it
-            break
-        if first is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}' (first given on line {first})", key_node.start_mark)
-        seen[key] = key_node.start_mark.line + 1
-    return yaml.constructor.BaseConstructor.construct_mapping(loader, node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _index_lines(node: yaml.Node | None, prefix: tuple, lines: dict[tuple, int]) -> None:
-    """Map each field path (tuple of keys / indices) to its 1-based line in the file."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = prefix + (str(key_node.value),)
-            lines.setdefault(path, key_node.start_mark.line + 1)
-            _index_lines(value_node, path, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines.setdefault(prefix + (i,), item.start_mark.line + 1)
-            _index_lines(item, prefix + (i,), lines)
-
-
 def _read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
-    if not path.is_file():
-        raise VlmError(f"{path}: no such prompt file.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise VlmError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = ": ".join(p for p in (exc.context, exc.problem) if p)
-        raise VlmError(f"{path}: {where}YAML syntax error: {problem}.") from None
-    except yaml.YAMLError as exc:
-        raise VlmError(f"{path}: YAML syntax error: {' '.join(str(exc).split())}") from None
-    finally:
-        loader.dispose()
-    lines: dict[tuple, int] = {}
-    _index_lines(node, (), lines)
-    return data, lines
+    return read_yaml(path, "prompt file")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -129,25 +71,29 @@ def _hint(word: str, options: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _as_str(value: Any) -> str | None:
+def _as_str(value: Any, numbers: bool = True) -> str | None:
+    """Text as itself; with `numbers`, an int as its digits (class names `0:` / `[0, 1]` of retinamnist)."""
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):  # `0:` / `[0, 1]` in retinamnist
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
 
 
-def _str_list(c: _Checker, fld: tuple, value: Any, *, single_ok: bool = False, what: str = "strings") -> list[str]:
-    if single_ok and _as_str(value) is not None:
+def _str_list(c: _Checker, fld: tuple, value: Any, *, single_ok: bool = False, what: str = "strings",
+              numbers: bool = False) -> list[str]:
+    """A list of non-empty strings (one string too with `single_ok`); numbers only where `numbers` (class names):
+    a prompt, template or name written as a number or a boolean is an error, not text."""
+    if single_ok and _as_str(value, numbers) is not None:
         value = [value]
     if not isinstance(value, list):
         c.fail(fld, f"must be a list of {what}" + (" (or one string)" if single_ok else "")
-               + f", not {type(value).__name__}.")
+               + f", not {type(value).__name__} {value!r}.")
     out = []
     for i, item in enumerate(value):
-        s = _as_str(item)
+        s = _as_str(item, numbers)
         if s is None or not s.strip():
-            c.fail(fld + (i,), f"must be a non-empty string, not {item!r}.")
+            c.fail(fld + (i,), f"must be a non-empty string (quote it if it is a number), not {item!r}.")
         out.append(s.strip())
     return out
 
@@ -310,7 +256,7 @@ def validate_prompt_set(path: str | Path, dataset: str | None = None) -> PromptS
     if not isinstance(description, str):
         c.fail(("description",), "must be a string.")
 
-    classes = _str_list(c, ("classes",), data["classes"], what="class names")
+    classes = _str_list(c, ("classes",), data["classes"], what="class names", numbers=True)
     _check_classes(c, classes, task)
     multi = task.kind == "multi-label"
     names = _class_map(c, ("names",), data.get("names"), classes, single_ok=True, what="label" if multi else "class")

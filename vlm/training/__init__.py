@@ -5,7 +5,7 @@
 - `optim`       optimisers, head/backbone parameter groups, per-step LR schedules
 - `pipeline`    uint8 batch -> model input (shape transform, augmentation), bf16 autocast, `predict`
 - `checkpoint`  the run folder's files: spec.json, best.safetensors, last.pt (with RNG state), epochs.jsonl
-- `loggers`     optional TensorBoard / Weights & Biases logging
+- `loggers`     optional trackers: TensorBoard, MLflow, Weights & Biases
 - `loop`        `fit`: train, select on val AUC, score test once; TrainEvent, TrainResult
 - `distributed` data-parallel `fit` under torchrun: process group, sharding, gathers, synchronised BatchNorm
 - `transfer`    `train`: a transfer model from the `models` registry for a dataset, then `fit`
@@ -21,10 +21,11 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "vlm.training.checkpoint": ("BEST_FILE", "EPOCHS_FILE", "LAST_FILE", "SPEC_FILE", "read_spec", "write_spec"),
+    "vlm.training.checkpoint": ("BEST_FILE", "EPOCHS_FILE", "LAST_FILE", "SPEC_FILE", "TrainingInterrupted",
+                                "read_spec", "write_spec"),
     "vlm.training.config": ("OPTIMIZERS", "SCHEDULERS", "TrainConfig", "check_batch_size", "parse_model_opts"),
     "vlm.training.loggers": ("LOGGERS", "check_log"),
-    "vlm.training.loop": ("TrainEvent", "TrainingInterrupted", "TrainProgress", "TrainResult", "fit"),
+    "vlm.training.loop": ("TrainEvent", "TrainProgress", "TrainResult", "fit"),
     "vlm.training.optim": ("build_optimizer", "build_scheduler", "lr_factor", "param_groups"),
     "vlm.training.pipeline": ("InputPipeline", "autocast", "batch_starts", "predict", "uses_bf16"),
     "vlm.training.recipes": ("RECIPES", "Recipe", "default_recipe", "get_recipe", "recipe_names"),

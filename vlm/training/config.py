@@ -7,7 +7,6 @@ Options left unset (`None`) take the values of the run's recipe (`vlm.training.r
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Iterable
 
@@ -16,11 +15,13 @@ from vlm.data import Split
 from vlm.errors import VlmError
 from vlm.losses import check_loss, default_loss
 from vlm.preprocess import INTERPOLATIONS
+from vlm.ranges import check_option, check_options
 from vlm.runtime import check_device_name
 from vlm.sampling import SAMPLERS
 from vlm.tasks import TaskSpec
 from vlm.training.recipes import FALLBACK, RECIPE_FIELDS, get_recipe
 
+TEXT_OPTIONS = ("optimizer", "scheduler", "sampler", "device", "interpolation", "loss", "augment_3d", "recipe")  # names, lower-cased when resolved
 OPTIMIZERS = ("adam", "adamw", "radam", "nadam", "sgd")
 SCHEDULERS = ("none", "multistep", "exponential", "cosine")
 # What a run folder written before recipes existed trained with, where its spec.json has no entry.
@@ -86,20 +87,16 @@ class TrainConfig:
 
     def resolved(self, task: TaskSpec) -> "TrainConfig":
         """Fill in the recipe's values and the task-dependent defaults, and check every option."""
+        for name in TEXT_OPTIONS:  # names: text (recipes' values are)
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise VlmError(f"--{name.replace('_', '-')} takes a name, got {getattr(self, name)!r}.")
         c = replace(self, recipe=(self.recipe or FALLBACK).lower())
         if c.recipe_overrides is None:
             c.recipe_overrides = [name for name in RECIPE_FIELDS if getattr(c, name) is not None]
         for name, value in get_recipe(c.recipe).values(task.is_3d).items():
             if getattr(c, name) is None:
                 setattr(c, name, list(value) if isinstance(value, list) else value)
-        if c.epochs < 1:
-            raise VlmError(f"--epochs must be at least 1, got {c.epochs}.")
-        if c.batch_size < 1:
-            raise VlmError(f"--batch-size must be at least 1, got {c.batch_size}.")
-        for name in ("lr", "backbone_lr"):
-            value = getattr(c, name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise VlmError(f"--{name.replace('_', '-')} must be a positive number, got {value}.")
+        check_options(asdict(c))  # every numeric option in its range (vlm.ranges), before any arithmetic
         c.optimizer, c.scheduler, c.sampler = c.optimizer.lower(), c.scheduler.lower(), c.sampler.lower()
         c.device, c.interpolation, c.augment = c.device.lower(), c.interpolation.lower(), augment_mode(c.augment)
         check_choice("optimizer", c.optimizer, OPTIMIZERS)
@@ -117,9 +114,7 @@ class TrainConfig:
         if c.lr_milestones is None and c.scheduler == "multistep":
             c.lr_milestones = [0.5 * c.epochs, 0.75 * c.epochs]  # MedMNIST's, fired as MultiStepLR fires them
         if c.lr_milestones is not None:
-            c.lr_milestones = [float(m) for m in c.lr_milestones]
-            if any(not (m >= 0 and math.isfinite(m)) for m in c.lr_milestones):
-                raise VlmError(f"--lr-milestones must be epochs (0 or more), got {c.lr_milestones}.")
+            c.lr_milestones = [float(m) for m in check_option("lr_milestones", list(c.lr_milestones))]
         if c.shape_transform is None:
             c.shape_transform = shape_transform_default(task.flag)
         if c.shape_transform and not task.is_3d:
@@ -133,14 +128,9 @@ class TrainConfig:
         c.augment_3d = ",".join(ops)
         if c.eval_batch_size is None:
             c.eval_batch_size = 2 * c.batch_size
-        if c.patience is not None and c.patience < 0:
-            raise VlmError(f"--patience must be 0 (off) or more, got {c.patience}.")
-        if c.image_size is not None and c.image_size < 8:
-            raise VlmError(f"--image-size must be at least 8 pixels, got {c.image_size}.")
-        if c.warmup_epochs < 0 or (c.scheduler == "cosine" and c.warmup_epochs >= c.epochs):
-            raise VlmError(f"--warmup-epochs must be between 0 and --epochs ({c.epochs}), got {c.warmup_epochs}.")
-        if c.n_bootstrap < 0:
-            raise VlmError(f"--bootstrap must be 0 or more, got {c.n_bootstrap}.")
+        if c.scheduler == "cosine" and c.warmup_epochs >= c.epochs:
+            raise VlmError(f"--warmup-epochs must be below --epochs ({c.epochs}) with the cosine schedule, got "
+                           f"{c.warmup_epochs}.")
         return c
 
 

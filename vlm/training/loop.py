@@ -31,17 +31,20 @@ from vlm.evaluate import Metrics, evaluate
 from vlm.files import finite_or_none
 from vlm.losses import make_loss
 from vlm.preprocess import Preprocess, medmnist_preprocess
-from vlm.results import RunRecord, new_run_dir
+from vlm.interrupts import Terminated, deferred_interrupts, terminate_as_interrupt
+from vlm.results import RunRecord
 from vlm.runtime import seed_everything
 from vlm.sampling import EpochSampler
 from vlm.training.checkpoint import (
-    BEST_FILE, EPOCHS_FILE, LAST_FILE, load_best, restore_last, rng_state, save_best, save_last, write_epochs,
+    BEST_FILE, EPOCHS_FILE, LAST_FILE, TrainingInterrupted, create_run_dir, discard_unstarted, interrupted_error,
+    load_best, non_finite_error, restore_last, resume_point, rng_state, save_best, save_last, spec_entry,
+    write_epochs,
 )
 from vlm.training.config import TrainConfig, check_batch_size
 from vlm.training.distributed import (
     RANK_SEED_STRIDE, Distributed, check_global_batch, setup_distributed, sync_batchnorm,
 )
-from vlm.training.loggers import Loggers, check_log
+from vlm.training.loggers import Loggers, check_log, run_params
 from vlm.training.optim import build_optimizer, build_scheduler
 from vlm.training.pipeline import (
     InputPipeline, autocast, batch_starts, predict_logits, scores_from_logits, uses_bf16,
@@ -99,12 +102,6 @@ class TrainResult:
         }
 
 
-class TrainingInterrupted(VlmError):
-    """Ctrl-C during training: `last.pt` holds the last completed epoch; the message says how to resume."""
-
-    exit_code = 130
-
-
 @dataclass
 class _State:
     """The loop's progress, saved in last.pt."""
@@ -158,6 +155,7 @@ def fit(
     preprocess: Preprocess | None = None,
     run_dir: str | os.PathLike | None = None,
     runs_dir: str | os.PathLike = "runs",
+    spec: dict[str, Any] | None = None,
     method: str = "train",
     weights_id: str | None = None,
     extra_config: dict[str, Any] | None = None,
@@ -175,15 +173,20 @@ def fit(
         model_name: recorded as the RunRecord's model (a model name or an encoder id).
         preprocess: uint8 batch -> model input; default MedMNIST's (mean = std = 0.5, grey -> RGB,
             resized to `config.image_size` when set).
-        run_dir: the run folder; when it holds a `last.pt` the run resumes from it. Default: a new
-            folder under `runs_dir`.
+        run_dir: an existing run folder to continue from its verified `last.pt` (`checkpoint.resume_point`:
+            a damaged or missing one stops with a VlmError, never a restart over completed epochs). Default:
+            a new folder under `runs_dir`, made once every check has passed, holding `spec` as spec.json
+            (what `--resume` rebuilds the run from), and removed again when the run fails before its first
+            epoch is saved.
         method: the RunRecord's method ("train", or a fine-tuning mode).
         extra_config: more entries for the record's config (model options, mode, ...).
-        log: "tensorboard" and/or "wandb" (VlmError when asked and not installed).
+        log: trackers, any of "tensorboard", "mlflow", "wandb" (`vlm.training.loggers`; VlmError when asked and
+            not installed).
         progress: called with a `TrainEvent` per batch and per epoch (nothing is printed here).
         max_epochs_this_call: stop (resumably) after this many epochs in this call; for tests and
             time-sliced jobs. The result then has `finished=False` and no test metrics.
-        resume_hint: the command that resumes this run, for the Ctrl-C message.
+        resume_hint: the command that resumes this run, for the Ctrl-C/SIGTERM message (default: `vlm ENTRY
+            --resume RUN_DIR`, ENTRY from the spec).
 
     Returns:
         A TrainResult; finished runs carry the test Metrics and the RunRecord (method, model, config,
@@ -199,20 +202,39 @@ def fit(
     ctx, device = setup_distributed(config.device)
     _check_world(ctx, config, (train, val, test))
     check_log(log)
-    if run_dir is None:
-        run_dir = ctx.broadcast(new_run_dir(runs_dir, f"{task.flag}_{method}_{model_name}") if ctx.is_main else None)
+    created = run_dir is None
+    if created:
+        run_dir = create_run_dir(runs_dir, f"{task.flag}_{method}_{model_name}", spec)
     run_dir = Path(run_dir)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    resume_hint = resume_hint or f"vlm train --resume {run_dir}"
+    if not run_dir.is_dir():
+        raise VlmError(f"Run folder {run_dir} does not exist.")
+    entry = (spec or {}).get("entry") or spec_entry(run_dir)
+    resume_hint = resume_hint or f"vlm {entry} --resume {run_dir}"
     preprocess = preprocess or medmnist_preprocess(config.image_size, interpolation=config.interpolation,
                                                    normalize=config.normalize)
-    trainer = _setup(model, train, val, config, ctx, device, run_dir, preprocess,
-                     (progress or (lambda event: None)) if ctx.is_main else (lambda event: None))
+    emit = (progress or (lambda event: None)) if ctx.is_main else (lambda event: None)
+    try:
+        trainer = _setup(model, train, val, config, ctx, device, run_dir, preprocess, emit)
+        with terminate_as_interrupt():
+            return _train_and_score(trainer, test, config, ctx, device, run_dir, log, method=method,
+                                    model_name=model_name, weights_id=weights_id, extra_config=extra_config,
+                                    max_epochs_this_call=max_epochs_this_call, resume_hint=resume_hint)
+    except BaseException as exc:
+        if created and ctx.is_main and not isinstance(exc, (KeyboardInterrupt, TrainingInterrupted)):
+            discard_unstarted(run_dir)
+        raise
+
+
+def _train_and_score(trainer: "_Trainer", test: Split, config: TrainConfig, ctx: Distributed, device: torch.device,
+                     run_dir: Path, log: Iterable[str], *, method: str, model_name: str, weights_id: str | None,
+                     extra_config: dict[str, Any] | None, max_epochs_this_call: int | None,
+                     resume_hint: str) -> TrainResult:
+    """The epochs still to run, then the test split once; Ctrl-C or SIGTERM raise TrainingInterrupted."""
     record_config = {**config.to_dict(), **(extra_config or {}), "device_used": str(device),
                      "precision": "bf16-autocast" if uses_bf16(device, config.amp) else "fp32",
                      "distributed": ctx.describe(trainer.sync_bn)}
-    loggers = Loggers(log if ctx.is_main else (), run_dir, record_config)
+    loggers = Loggers(log if ctx.is_main else (), run_dir,
+                      run_params(method, model_name, trainer.train.task.flag, weights_id, record_config))
     state = trainer.state
     try:
         trainer.emit(TrainEvent("start", state.epoch, config.epochs, batches=len(trainer.starts),
@@ -226,8 +248,9 @@ def fit(
         state.stop_reason = state.stop_reason or "completed"
         return _score_test(trainer, test, record_config, loggers, method=method, model_name=model_name,
                            weights_id=weights_id)
-    except KeyboardInterrupt:
-        raise _interrupted(trainer, resume_hint) from None
+    except KeyboardInterrupt as exc:
+        raise interrupted_error(trainer.run_dir, trainer.saved_epoch, config.epochs, resume_hint,
+                                143 if isinstance(exc, Terminated) else 130) from None
     finally:
         loggers.close()
 
@@ -264,9 +287,10 @@ def _setup(model: nn.Module, train: Split, val: Split, config: TrainConfig, ctx:
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(starts))
     state = _State()
-    if (run_dir / LAST_FILE).is_file():
-        state = _State(**restore_last(run_dir / LAST_FILE, model=model, optimizer=optimizer, scheduler=scheduler,
-                                      sampler=sampler, pipeline=pipeline, rank=ctx.rank))
+    saved = resume_point(run_dir)  # None: no epoch completed yet
+    if saved is not None:
+        state = _State(**restore_last(saved, model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler,
+                                      pipeline=pipeline, rank=ctx.rank, path=run_dir / LAST_FILE))
     return _Trainer(model=model, net=ctx.wrap(model, device), dist=ctx, train=train_d, val=val_d, config=config,
                     device=device, run_dir=run_dir, loss_fn=loss_fn, sampler=sampler, pipeline=pipeline, starts=starts,
                     optimizer=optimizer, scheduler=scheduler, emit=emit, state=state, saved_epoch=state.epoch,
@@ -282,14 +306,12 @@ def _run_epoch(t: _Trainer, loggers: Loggers) -> None:
     train_loss = _train_epoch(t, epoch)
     val_scores = scores_from_logits(t.val.task.kind, _predict_logits(t, t.val))
     if not bool(torch.isfinite(val_scores).all()):
-        raise _non_finite(epoch, None, t.run_dir, state)
+        raise non_finite_error(epoch, None, t.run_dir, state.epoch, state.best_epoch)
     val_metrics = evaluate(t.train.task, t.val.labels, val_scores, n_bootstrap=0)
     val_auc, val_acc = t.dist.broadcast((val_metrics.auc, val_metrics.acc))  # one decision for every rank
     seconds = time.perf_counter() - t0
     better = _is_better(val_auc, state)
     if better:
-        if t.dist.is_main:
-            save_best(t.model, t.run_dir / BEST_FILE, {"epoch": str(epoch), "val_auc": str(val_auc)})
         state.best_auc, state.best_epoch, state.bad_epochs = val_auc, epoch, 0
     else:
         state.bad_epochs += 1
@@ -302,10 +324,13 @@ def _run_epoch(t: _Trainer, loggers: Loggers) -> None:
         state.stop_reason = "early-stopping"
     rng_ranks = t.dist.all_objects(rng_state()) if t.dist.active else None
     if t.dist.is_main:
-        write_epochs(t.run_dir / EPOCHS_FILE, state.history)
-        save_last(t.run_dir / LAST_FILE, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
-                  sampler=t.sampler, pipeline=t.pipeline, state=asdict(state), config=config.to_dict(),
-                  rng_ranks=rng_ranks)
+        with deferred_interrupts():  # the epoch's files are written together: an interrupt waits for them
+            if better:
+                save_best(t.model, t.run_dir / BEST_FILE, {"epoch": str(epoch), "val_auc": str(val_auc)})
+            write_epochs(t.run_dir / EPOCHS_FILE, state.history)
+            save_last(t.run_dir / LAST_FILE, model=t.model, optimizer=t.optimizer, scheduler=t.scheduler,
+                      sampler=t.sampler, pipeline=t.pipeline, state=asdict(state), config=config.to_dict(),
+                      rng_ranks=rng_ranks)
     t.saved_epoch = epoch
     loggers.epoch(row)
     t.event("epoch", epoch, batches=len(t.starts), loss=train_loss, val_auc=row["val_auc"], val_acc=row["val_acc"],
@@ -337,7 +362,7 @@ def _train_epoch(t: _Trainer, epoch: int) -> float:
         else:
             value = loss.item()
         if not math.isfinite(value):
-            raise _non_finite(epoch, i + 1, t.run_dir, t.state)
+            raise non_finite_error(epoch, i + 1, t.run_dir, t.state.epoch, t.state.best_epoch)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t.optimizer.step()
@@ -409,20 +434,3 @@ def _result(run_dir: Path, state: _State, finished: bool) -> TrainResult:
                        best_val_auc=finite_or_none(state.best_auc), history=list(state.history),
                        seconds=state.train_seconds, seconds_per_epoch=state.train_seconds / n if n else 0.0,
                        stop_reason=state.stop_reason or "paused")
-
-
-def _interrupted(t: _Trainer, resume_hint: str) -> TrainingInterrupted:
-    """The Ctrl-C error: where it stopped, what last.pt holds, and the command that continues."""
-    epochs = t.config.epochs
-    done = f"last.pt holds epoch {t.saved_epoch}" if (t.run_dir / LAST_FILE).is_file() else "no epoch was completed"
-    where = (f"during epoch {t.saved_epoch + 1} of {epochs}" if t.saved_epoch < epochs
-             else "while scoring the test split")
-    return TrainingInterrupted(f"Interrupted {where} ({done}). Continue with: {resume_hint}")
-
-
-def _non_finite(epoch: int, batch: int | None, run_dir: Path, state: _State) -> VlmError:
-    where = f"epoch {epoch}" + (f", batch {batch}" if batch is not None else " (validation scores)")
-    kept = (f"The last good checkpoint is {run_dir / LAST_FILE} (epoch {state.epoch}) and the best is "
-            f"{run_dir / BEST_FILE} (epoch {state.best_epoch})." if state.epoch else "No epoch completed.")
-    return VlmError(f"Training stopped: the loss became non-finite (NaN/inf) in {where}. {kept} "
-                    f"Try a lower --lr, --loss ce, or --device cpu without bf16.")

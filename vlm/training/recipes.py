@@ -81,7 +81,16 @@ FALLBACK = "timm-finetune"  # the recipe of models no recipe claims, and of `fit
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
-    """Add (or replace) a recipe in the registry."""
+    """Add (or replace) a recipe in the registry after checking its preset: recipe options only, each in its
+    range (`vlm.ranges`; `tests/test_recipes.py` also checks them against the typed train options)."""
+    from vlm.ranges import check_options
+
+    for preset in (recipe.options, recipe.options_3d):
+        unknown = sorted(set(preset) - set(RECIPE_FIELDS))
+        if unknown:
+            raise VlmError(f"Recipe '{recipe.name}' sets {', '.join(unknown)}, which are not recipe options "
+                           f"({', '.join(RECIPE_FIELDS)}).")
+        check_options(preset)
     RECIPES[recipe.name] = recipe
     return recipe
 

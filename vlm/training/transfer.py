@@ -18,10 +18,10 @@ import torch.nn as nn
 
 from vlm.data import load_splits
 from vlm.errors import VlmError
+from vlm.files import check_writable_folder
 from vlm.preprocess import Preprocess, medmnist_preprocess
 from vlm.runtime import seed_everything
 from vlm.tasks import TaskSpec, get_task
-from vlm.training.checkpoint import create_run_dir
 from vlm.training.config import TrainConfig, check_batch_size
 from vlm.training.loggers import check_log
 from vlm.training.loop import TrainProgress, TrainResult, fit
@@ -148,6 +148,8 @@ def train(
     task = get_task(flag)
     task.check_size(size)
     check_model_dims(model_name, task)
+    if run_dir is None:
+        check_writable_folder(runs_dir, "Runs folder")
     fresh = config.recipe_overrides is None  # a new run (a resumed one keeps its recorded overrides)
     config = replace(config, recipe=config.recipe or default_recipe(model_name)).resolved(task)
     check_log(log)
@@ -170,14 +172,12 @@ def train(
     spec = {"entry": "train", "flag": task.flag, "model": model_name, "size": size, "weights": weights,
             "pretrained": pretrained, "model_opts": built.model_opts,
             "data_root": str(data_root) if data_root is not None else None, "config": config.to_dict()}
-    if run_dir is None:
-        run_dir = create_run_dir(runs_dir, f"{task.flag}_train_{model_name}", spec)
     return fit(built.model, train_s, val_s, test_s, config, model_name=model_name, preprocess=built.preprocess,
-               run_dir=run_dir, method="train", weights_id=_weights_id(weights, pretrained),
+               run_dir=run_dir, runs_dir=runs_dir, spec=spec, method="train",
+               weights_id=_weights_id(weights, pretrained),
                extra_config={"model_opts": built.model_opts, "pretrained": pretrained, "weights": weights,
                              "size": size},
-               log=log, progress=progress, max_epochs_this_call=max_epochs_this_call,
-               resume_hint=f"vlm train --resume {run_dir}")
+               log=log, progress=progress, max_epochs_this_call=max_epochs_this_call)
 
 
 def _weights_id(weights: str | None, pretrained: bool) -> str | None:

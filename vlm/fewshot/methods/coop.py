@@ -9,8 +9,8 @@ template "a photo of a {label}."; `ctx_init=None` starts `n_ctx` vectors from N(
 `csc=True` learns one context per class (CoOp's class-specific variant) instead of one shared one.
 
 Training: SGD (momentum 0.9, weight decay 5e-4, cosine schedule, lr 2e-3) on the cached image
-embeddings of the train shots; a step costs one text-tower pass over the K (or 2L) prompts, never an
-image. The epoch (0 included) is picked on val AUC; scores are softmax(logit_scale * cos), as zero-shot.
+embeddings of the train shots; a step costs one text-tower pass over the K (or 2L) prompts, cut to
+their own tokens (`PromptTower.trim`), never an image. The epoch (0 included) is picked on val AUC; scores are softmax(logit_scale * cos), as zero-shot.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class PromptLearner(nn.Module):
                  random_init: bool, seed: int) -> None:
         super().__init__()
         self.tower = tower
-        self.tokens = tower.tokenize(texts)
+        self.tokens = tower.trim(tower.tokenize(texts))
         self.m = _context_length(tower, self.tokens, prefix)
         base = tower.token_embeddings(self.tokens)
         self.register_buffer("base", base)
