@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -208,3 +209,30 @@ def test_experiment_with_a_fewshot_method_runs_each_k_and_resumes(bench, tmp_pat
     path.write_text(bad)
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "unknown fewshot option 'max_iters'" in result.stderr
+
+
+def test_calibrate_temperature_scales_every_run_that_kept_its_logits(bench, tmp_path):
+    result = fewshot(bench, tmp_path, "breastmnist", "--method", "coop", "tip-adapter", "clip-adapter", "--shots", "2",
+                     "--seeds", "0", "--option", "coop.epochs=2", "--option", "clip-adapter.epochs=2",
+                     "--option", "clip-adapter.ratios=[0.2]", "--option", "tip-adapter.search_steps=[3,2]",
+                     "--calibrate", "temperature", "--json", model=bench["clip"], weights="clip_weights")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["calibrated"]) == 3
+    val = load_split("breastmnist", "val", 28, bench["root"])
+    for row in data["rows"]:
+        record = load_run(row["run_dir"])
+        folder = Path(record.path)
+        logits = torch.from_numpy(np.load(folder / "logits.npy"))
+        scores = torch.from_numpy(np.load(folder / "scores.npy"))
+        assert torch.allclose(logits.softmax(dim=1), scores, atol=1e-5)  # the logits are the scored model's
+        assert np.load(folder / "val_logits.npy").shape == (len(val), 2)
+        cal = record.calibrated
+        assert cal["temperature"] > 0 and cal["val_nll"][1] <= cal["val_nll"][0] + 1e-9  # fitted on val by NLL
+        assert cal["metrics"]["auc"] == pytest.approx(record.metrics["auc"])  # T > 0 keeps the ranking
+    knn = fewshot(bench, tmp_path, "breastmnist", "--method", "knn", "--shots", "2", "--seeds", "0",
+                  "--calibrate", "temperature", "--json")
+    assert knn.exit_code == 0 and json.loads(knn.stdout)["calibrated"] == []  # vote fractions: no logits
+    strict = fewshot(bench, tmp_path, "breastmnist", "--shots", "2", "--seeds", "0", "--val-shots", "2",
+                     "--calibrate", "temperature")
+    assert strict.exit_code == 2 and "full val split" in strict.output

@@ -339,10 +339,13 @@ def import_medclip(monkeypatch):
     """The `medclip` package (0.0.3), importable with transformers 5 and without CUDA: its dataset module
     imports `CLIPFeatureExtractor` (renamed `CLIPImageProcessor`), and its classifiers call `.cuda()` on
     every input (a no-op here when there is no GPU). Skips when the package is not installed."""
+    import sys
+
     import transformers
 
     pytest.importorskip("nltk", reason="medclip imports nltk")
-    monkeypatch.setattr(transformers, "CLIPFeatureExtractor", transformers.CLIPImageProcessor, raising=False)
+    processor = transformers.CLIPImageProcessor  # may replace the lazy module in sys.modules: patch that one
+    monkeypatch.setattr(sys.modules["transformers"], "CLIPFeatureExtractor", processor, raising=False)
     if not torch.cuda.is_available():
         monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
         monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *args, **kwargs: self)

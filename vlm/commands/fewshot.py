@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand
 
+from vlm.commands.calibrate import CalibrateOpt, calibration_table
 from vlm.commands.common import BootstrapOpt, DataRootOpt, DownloadOpt, FlagArg, RunsDirOpt, SizeOpt, command
 from vlm.commands.encoder_options import EncodeOptions, ModelOpt, PromptsFileOpt, WeightsOpt
 from vlm.commands.output import Column, FormatOpt, Line, Output, Table, status_console
@@ -192,6 +193,7 @@ def fewshot_cmd(
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     bootstrap: BootstrapOpt = 1000,
+    calibrate: CalibrateOpt = None,
     fmt: FormatOpt = "table",
 ) -> Output:
     """K-shot curves: every method on every K and seed, one run record each, on cached image embeddings.
@@ -207,8 +209,13 @@ def fewshot_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from vlm.calibrate import check_calibration
     from vlm.fewshot import curve_rows, curve_summary, get_method, run_fewshot, size_note
     from vlm.fewshot.run import DEFAULT_SHOTS
+
+    check_calibration(calibrate)
+    if calibrate and val_shots is not None:
+        raise VlmError("--calibrate fits its temperature on the full val split; it cannot be used with --val-shots.")
 
     methods = list(dict.fromkeys(method or ["linear-probe"]))
     for name in methods:
@@ -228,6 +235,7 @@ def fewshot_cmd(
                               style=style, options=options, cache_dir=encode.cache_dir, batch_size=encode.batch_size,
                               slice_axis=slice_axis, pool=pool, n_bootstrap=bootstrap, image_size=image_size,
                               progress=bar, on_record=bar.record)
+    calibrated = _calibrate(records, calibrate, data_root)
     rows = curve_rows(records)
     summary = curve_summary(rows)
     first = records[0]
@@ -236,13 +244,28 @@ def fewshot_cmd(
     data = {"dataset": first.dataset, "model": first.model, "weights_id": first.weights_id, "size": first.size,
             "split": first.split, "methods": methods, "images_encoded": encoded, "embed_seconds": embed,
             "fit_seconds": round(fit, 4), "rows": rows, "summary": summary}
+    if calibrate:
+        data["calibrated"] = [{"run_dir": r.path, **r.calibrated} for r in calibrated]
     encoded_note = f"encoded {encoded} images in {embed:.1f}s" if encoded else "image embeddings from the cache"
     folder = escape(str(runs_dir))
     shots_folder = escape(str(Path(first.config["shots_file"]).parent))
     blocks: list[Any] = curve_tables(summary, f"{size_note(first)} · {first.model}")
+    if calibrated:
+        blocks.append(calibration_table([(f"{r.config['fewshot_method']} K={r.config['shots']} seed {r.seed}",
+                                          r.metrics, r.calibrated) for r in calibrated]))
     blocks += [Line(f"test split, {seeds_note(summary)}; {encoded_note}; {len(records)} runs fitted and scored "
                     f"in {fit:.1f}s; records in [bold]{folder}[/], shots files in [bold]{shots_folder}[/]",
                     soft_wrap=True),
                Line(f"plot: [bold]vlm plot fewshot {folder} --dataset {first.dataset} --out fewshot.png[/]",
                     soft_wrap=True)]
     return Output(data, blocks)
+
+
+def _calibrate(records: list[Any], method: str | None, data_root: Any) -> list[Any]:
+    """With --calibrate: temperature-scale every run that kept its logits (kNN keeps none), in place."""
+    if not method:
+        return []
+    from vlm.calibrate import calibrate_run
+
+    return [calibrate_run(r, data_root=data_root, method=method) for r in records
+            if (Path(r.path) / "logits.npy").is_file()]

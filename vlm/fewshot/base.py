@@ -63,6 +63,7 @@ class MethodResult:
     chosen: dict[str, Any]
     val_auc: float | None
     selection: list[dict[str, Any]] = field(default_factory=list)
+    logits: dict[str, torch.Tensor] | None = None  # val and test logits of the chosen setting (temperature scaling)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,14 @@ def class_logits(img: torch.Tensor, w: torch.Tensor, logit_scale: float) -> torc
     if w.dim() == 3:
         return logit_scale * torch.einsum("ne,elp->nlp", img, w)
     return logit_scale * img @ w
+
+
+def split_logits(logits: Callable[[torch.Tensor], torch.Tensor], data: "FewShotData") -> dict[str, torch.Tensor]:
+    """`logits(embeddings)` of the val and test splits, as the evaluator's logits: (N, K) for single-label
+    tasks, (N, L) for multi-label ones (positive minus negative of each pair, so sigmoid = `to_scores`)."""
+    with torch.no_grad():
+        out = {s: logits(data.emb[s]).float() for s in ("val", "test")}
+    return {s: (v[..., 1] - v[..., 0]) if v.dim() == 3 else v for s, v in out.items()}
 
 
 def to_scores(logits: torch.Tensor) -> torch.Tensor:

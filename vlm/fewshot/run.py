@@ -88,8 +88,11 @@ def run_method(spec: MethodSpec, data: FewShotData, shots: Shots, test: Split, *
         head = data.head()
         config.update(style=head.style, prompts_file=head.prompts_file)
     folder = new_run_dir(runs_dir, f"{test.task.flag}_{METHOD_PREFIX}{spec.name}_{shots.k}shot_s{data.seed}_{enc.id}")
+    # val logits only for the full val split: `vlm calibrate` fits T against the val split's labels
+    logits = out.logits if out.logits is not None and shots.data.val is None else {}
     return record_run(test, out.scores, metrics, method=METHOD_PREFIX + spec.name, model=enc.id, runs_dir=runs_dir,
-                      run_dir=folder, weights_id=enc.weights_id, seed=data.seed, config=config,
+                      run_dir=folder, logits=logits.get("test"), val_logits=logits.get("val"),
+                      weights_id=enc.weights_id, seed=data.seed, config=config,
                       timings={**(timings or {}), "fit_seconds": round(fit_seconds, 4)},
                       score_convention=f"few-shot {spec.name}: {spec.convention}",
                       preprocessing={**enc.preprocess.to_dict(), "id": enc.preprocess.id})

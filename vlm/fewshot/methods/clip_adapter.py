@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vlm.fewshot.base import FewShotData, MethodResult, class_logits, register, to_scores
+from vlm.fewshot.base import FewShotData, MethodResult, class_logits, register, split_logits, to_scores
 from vlm.fewshot.loop import TrainOptions, train_and_select
 
 
@@ -68,4 +68,4 @@ def fit_clip_adapter(data: FewShotData, opts: ClipAdapterOptions) -> MethodResul
     _, ratio, epoch, auc, model = best  # type: ignore[misc]
     with torch.no_grad():
         scores = to_scores(model(data.emb["test"]))
-    return MethodResult(scores, {"ratio": ratio, "epoch": epoch}, auc, rows)
+    return MethodResult(scores, {"ratio": ratio, "epoch": epoch}, auc, rows, split_logits(model, data))

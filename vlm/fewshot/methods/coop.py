@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlm.errors import VlmError
-from vlm.fewshot.base import FewShotData, MethodResult, class_logits, register, to_scores
+from vlm.fewshot.base import FewShotData, MethodResult, class_logits, register, split_logits, to_scores
 from vlm.fewshot.loop import TrainOptions, train_and_select
 from vlm.fewshot.towers import PromptTower, Tokens, prompt_tower
 
@@ -115,6 +115,8 @@ def fit_coop(data: FewShotData, opts: CoOpOptions) -> MethodResult:
     with learner.tower.frozen():
         epoch, auc, history = train_and_select(learner, lambda x: class_logits(x, learner(), scale), data, opts)
         with torch.no_grad():
-            scores = to_scores(class_logits(data.emb["test"], learner(), scale))
+            weights = learner()
+        logits = split_logits(lambda x: class_logits(x, weights, scale), data)
+        scores = to_scores(class_logits(data.emb["test"], weights, scale))
     chosen = {"epoch": epoch, "n_ctx": learner.m, "csc": opts.csc, "ctx_init": opts.ctx_init}
-    return MethodResult(scores, chosen, auc, history)
+    return MethodResult(scores, chosen, auc, history, logits)

@@ -39,7 +39,7 @@ class KnnOptions:
 def fit_linear_probe(data: FewShotData, opts: ProbeOptions) -> MethodResult:
     """`vlm.finetune.linear_probe` on the train shots."""
     out = linear_probe(data.task, data.emb, data.labels, l2_grid=opts.l2_grid, max_iter=opts.max_iter)
-    return MethodResult(out["scores"], {"l2": out["l2"]}, out["val_auc"], out["grid"])
+    return MethodResult(out["scores"], {"l2": out["l2"]}, out["val_auc"], out["grid"], out["logits"])
 
 
 @register("zs-init", ZsInitOptions, needs_text=True,
@@ -48,7 +48,7 @@ def fit_zs_init(data: FewShotData, opts: ZsInitOptions) -> MethodResult:
     """`vlm.finetune.linear_probe` with the zero-shot head of `vlm.finetune.zero_shot_head` as its prior."""
     prior, style = zero_shot_head(data.encoder, data.task, style=data.style, prompts=data.prompts)
     out = linear_probe(data.task, data.emb, data.labels, l2_grid=opts.l2_grid, prior=prior, max_iter=opts.max_iter)
-    return MethodResult(out["scores"], {"l2": out["l2"], "style": style}, out["val_auc"], out["grid"])
+    return MethodResult(out["scores"], {"l2": out["l2"], "style": style}, out["val_auc"], out["grid"], out["logits"])
 
 
 @register("knn", KnnOptions, needs_text=False,

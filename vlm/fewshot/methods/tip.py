@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from vlm.fewshot.base import FewShotData, MethodResult, class_logits, finite, label_targets, register, to_scores, val_auc
+from vlm.fewshot.base import (
+    FewShotData, MethodResult, class_logits, finite, label_targets, register, split_logits, to_scores, val_auc,
+)
 from vlm.fewshot.loop import TrainOptions, train_and_select
 
 TIP = ("softmax of logit_scale * cos(image, class text) + alpha * exp(-beta * (1 - cos(image, train shots))) @ "
@@ -103,7 +105,8 @@ def fit_tip(data: FewShotData, opts: TipOptions) -> MethodResult:
     """Training-free Tip-Adapter: (α, β) by grid search on val."""
     model = cache_model(data)
     alpha, beta, auc, rows = search(model, data, opts)
-    return MethodResult(_test_scores(model, data, alpha, beta), {"alpha": alpha, "beta": beta}, finite(auc), rows)
+    scores = _test_scores(model, data, alpha, beta)
+    return MethodResult(scores, {"alpha": alpha, "beta": beta}, finite(auc), rows, split_logits(model, data))
 
 
 @register("tip-adapter-f", TipFOptions, needs_text=True,
@@ -116,5 +119,6 @@ def fit_tip_f(data: FewShotData, opts: TipFOptions) -> MethodResult:
     epoch, _, history = train_and_select(model, model, data, opts)
     alpha, beta, auc, rows = search(model, data, opts)
     chosen = {"alpha": alpha, "beta": beta, "epoch": epoch, "train_alpha": init["alpha"], "train_beta": init["beta"]}
-    return MethodResult(_test_scores(model, data, alpha, beta), chosen, finite(auc),
-                        [{"stage": "epochs", "history": history}, {"stage": "search", "grid": rows}])
+    scores = _test_scores(model, data, alpha, beta)
+    return MethodResult(scores, chosen, finite(auc), [{"stage": "epochs", "history": history},
+                                                      {"stage": "search", "grid": rows}], split_logits(model, data))
