@@ -266,6 +266,7 @@ def _calibrate(records: list[Any], method: str | None, data_root: Any) -> list[A
     if not method:
         return []
     from vlm.calibrate import calibrate_run
+    from vlm.scoring import LOGITS_FILE
 
     return [calibrate_run(r, data_root=data_root, method=method) for r in records
-            if (Path(r.path) / "logits.npy").is_file()]
+            if (Path(r.path) / LOGITS_FILE).is_file()]
