@@ -67,8 +67,8 @@ def workspace(tmp_path, monkeypatch, vitb32_weights):
     data = tmp_path / "shared" / "data" / "medmnist"
     data.mkdir(parents=True)
     write_synthetic(data, "breastmnist", n=(128, 16, 16))  # the medmnist recipe's batch of 128 fits
-    write_synthetic(data, "retinamnist", n=(32, 8, 8))
-    write_synthetic(data, "vesselmnist3d", n=(16, 4, 4))  # K=8 shots per class, the batch of 16
+    write_synthetic(data, "retinamnist", n=(16, 8, 8))
+    write_synthetic(data, "vesselmnist3d", n=(8, 4, 4))  # K=4 shots per class, the batch of 8
     weights = tmp_path / "shared" / "weights"
     weights.mkdir()
     save_file(timm.create_model("tf_efficientnet_lite0").state_dict(), weights / "tf_efficientnet_lite0.safetensors")

@@ -272,6 +272,25 @@ def test_preprocess_equals_medclip_feature_extractor_on_breastmnist(encoder):
     assert torch.allclose(ours[:, :, :98], black) and torch.allclose(ours[:, :, 126:], black)  # padded, not enlarged
 
 
+PACKAGE_REFERENCE = Path(__file__).parent / "fixtures" / "data" / "medclip_processor_reference.npz"
+
+
+@needs_shared_data
+def test_preprocess_equals_the_medclip_package_processor_output(encoder):
+    """Against the `medclip` package's own MedCLIPFeatureExtractor, run under transformers 4.23 by
+    fixtures/make_medclip_processor_reference.py (the package's processor does not run under transformers 5)."""
+    ref = np.load(PACKAGE_REFERENCE)
+    assert str(ref["transformers"]) == "4.23.1" and str(ref["medclip"]) == "0.0.3"
+    real = np.load(SHARED_DATA / "breastmnist.npz")["test_images"][:len(ref["breastmnist_test"])]
+    rng = np.random.default_rng(1)
+    large = [rng.integers(0, 256, size=tuple(shape), dtype=np.uint8) for shape in ref["large_shapes"]]
+    for images, expected in ((real, ref["breastmnist_test"]), (large, ref["large"])):
+        ours = torch.cat([encoder.preprocess(as_batch(img[None])) for img in images])[:, :1]
+        assert ours.shape == expected.shape == (len(images), 1, 224, 224)
+        grey_levels = (ours - torch.from_numpy(expected)).abs().max().item() * IMG_STD * 255
+        assert grey_levels < 1e-3, grey_levels  # bit-exact up to float32 rounding
+
+
 @pytest.mark.parametrize("shape, rgb", [((28, 28), True), ((256, 256), False), ((300, 240), False),
                                         ((230, 300), True)])
 def test_preprocess_rgb_and_large_images_like_pil(encoder, shape, rgb):

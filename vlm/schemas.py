@@ -4,12 +4,13 @@ the line found from the YAML node of the field (or its nearest parent) where the
 
 Schema types come from `vlm.ranges` for numbers (`Number(name)`), and `Strict` text, flags and names
 elsewhere, so `epochs: ten`, `size: big` and `lr: fast` are refused with the field and the value; unknown
-keys are refused (`extra="forbid"`) with the keys allowed there. Prompt files and shots files keep their
-schemas beside their readers (`vlm.prompts.schema`, `vlm.fewshot.shots`), which the light commands load.
+keys are refused (`extra="forbid"`) with the keys allowed there (and the closest one, for a typo). Prompt
+files and shots files keep their schemas beside their readers (`vlm.prompts.schema`, `vlm.fewshot.shots`).
 """
 
 from __future__ import annotations
 
+import difflib
 import typing
 from typing import Annotated, Any, Literal, Mapping, Optional
 
@@ -161,8 +162,13 @@ def _args(hint: Any) -> tuple:
 
 
 # Parts of a pydantic error location that name a type tried (union members, validators), not a field.
-_TYPE_TAGS = ("function-", "json-", "constrained-", "lax-", "nullable", "tagged-union", "list[", "dict[")
+_TYPE_TAGS = ("function-", "json-", "constrained-", "lax-", "nullable", "tagged-union", "list[", "dict[", "[key]")
 _TYPE_NAMES = {"int", "str", "float", "bool", "list", "dict", "none"}
+
+
+# Errors of a wrong container type, as the kind of YAML value wanted.
+_SHAPES = {"dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+           "list_type": "a list"}
 
 
 def _is_field(part: Any) -> bool:
@@ -172,12 +178,19 @@ def _is_field(part: Any) -> bool:
 def error_message(model: type[BaseModel], exc: ValidationError, what: str = "key") -> tuple[tuple, str, bool]:
     """(location, message, whether the message names the field itself) of the first error: unknown keys name
     the allowed ones, wrong types the value given."""
-    first = exc.errors()[0]
+    errors = exc.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo'd key explains the rest
     loc = tuple(p for p in first["loc"] if _is_field(p))
     kind, msg = first["type"], first["msg"].removeprefix("Value error, ")
+    if kind in _SHAPES:
+        value = first.get("input")
+        return loc, f"must be {_SHAPES[kind]}, not {type(value).__name__}" + (
+            f" {value!r}" if len(repr(value)) < 60 else ""), False
     if kind == "extra_forbidden":
         allowed = _allowed(model, loc[:-1])
-        return loc, f"unknown {what} '{loc[-1]}'" + (f" (allowed: {', '.join(allowed)})" if allowed else ""), True
+        close = difflib.get_close_matches(str(loc[-1]), allowed, 1, 0.6)
+        return loc, (f"unknown {what} '{loc[-1]}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                     + (f"; allowed: {', '.join(allowed)}" if allowed else "")), True
     if kind == "missing":
         return loc, "is required", False
     value = first.get("input")

@@ -204,8 +204,8 @@ def fewshot_cmd(
     show mean ± std over seeds; --json gives one row per record. Then: `vlm plot fewshot RUNS_DIR`.
 
     Example: [bold]vlm fewshot breastmnist --model tf_efficientnet_lite0 --weights ../shared/weights/tf_efficientnet_lite0.safetensors --method linear-probe knn --shots 1 2 4 8 16 all --seeds 0 1 2 --data-root ../shared/data/medmnist[/]
-    Example: [bold]vlm fewshot vesselmnist3d --model tf_efficientnet_lite0 --weights ../shared/weights/tf_efficientnet_lite0.safetensors --image-size 28 --method knn --shots 1 4 8 --seeds 0 --data-root ../shared/data/medmnist[/]
-    Example: [bold]vlm fewshot breastmnist --model ViT-B-32 --weights vitb32.pt --method coop tip-adapter --shots 4 --seeds 0 --option coop.epochs=10 --data-root ../shared/data/medmnist --json[/]
+    Example: [bold]vlm fewshot vesselmnist3d --model tf_efficientnet_lite0 --weights ../shared/weights/tf_efficientnet_lite0.safetensors --image-size 28 --method knn --shots 1 2 4 --seeds 0 --data-root ../shared/data/medmnist[/]
+    Example: [bold]vlm fewshot breastmnist --model ViT-B-32 --weights vitb32.pt --method coop tip-adapter --shots 4 --seeds 0 --option coop.epochs=5 --data-root ../shared/data/medmnist --json[/]
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

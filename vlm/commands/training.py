@@ -66,9 +66,9 @@ def train_cmd(
     best.safetensors, a resumable last.pt, epochs.jsonl and the test record. Ctrl-C keeps the last
     completed epoch: continue with --resume RUN_DIR.
 
-    Example: [bold]vlm train breastmnist --model medmnist-resnet18 --epochs 3 --data-root ../shared/data/medmnist[/]
-    Example: [bold]vlm train vesselmnist3d --model acs:resnet18 --augment affine --epochs 1 --batch-size 16 --data-root ../shared/data/medmnist --json[/]
-    Example: [bold]vlm train retinamnist --model medmnist-resnet18 --image-size 224 --recipe medmnist --epochs 1 --batch-size 32 --data-root ../shared/data/medmnist[/]
+    Example: [bold]vlm train breastmnist --model medmnist-resnet18 --epochs 2 --data-root ../shared/data/medmnist[/]
+    Example: [bold]vlm train vesselmnist3d --model acs:resnet18 --augment affine --epochs 1 --batch-size 8 --data-root ../shared/data/medmnist --json[/]
+    Example: [bold]vlm train retinamnist --model medmnist-resnet18 --image-size 224 --recipe medmnist --epochs 1 --batch-size 16 --data-root ../shared/data/medmnist[/]
     Example: [bold]vlm train --resume runs/*_breastmnist_train_small-cnn[/]
     """
     from vlm.calibrate import check_calibration
@@ -141,7 +141,7 @@ def finetune_cmd(
     --backbone-lr 1e-5, head at --lr 1e-3, 10 epochs by default) and resume with --resume RUN_DIR.
 
     Example: [bold]vlm finetune breastmnist --model tf_efficientnet_lite0 --weights ../shared/weights/tf_efficientnet_lite0.safetensors --mode linear-probe --data-root ../shared/data/medmnist[/]
-    Example: [bold]vlm finetune retinamnist --model ViT-B-32 --weights vitb32.pt --mode zs-init --style clip --epochs 1 --batch-size 32 --data-root ../shared/data/medmnist[/]
+    Example: [bold]vlm finetune retinamnist --model ViT-B-32 --weights vitb32.pt --mode zs-init --style clip --epochs 1 --batch-size 16 --data-root ../shared/data/medmnist[/]
     """
     from vlm.calibrate import check_calibration
     from vlm.finetune import finetune, finetune_config

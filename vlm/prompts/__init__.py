@@ -35,16 +35,7 @@ file), `files` (the shipped files, loading by path or dataset flag).
 
 from vlm.prompts.expand import PromptBlock, PromptSet, PromptStyle
 from vlm.prompts.files import load_prompt_set, prompts_dir, shipped_prompt_file, shipped_prompt_files
-from vlm.prompts.schema import (
-    MULTI_LABEL_STYLE_KEYS,
-    PLACEHOLDERS,
-    SIDE_KEYS,
-    SIDES,
-    STYLE_KEYS,
-    TOP_KEYS,
-    validate_prompt_set,
-)
+from vlm.prompts.schema import PLACEHOLDERS, PairStyle, PromptFile, SingleLabelStyle, validate_prompt_set
 
-__all__ = ["MULTI_LABEL_STYLE_KEYS", "PLACEHOLDERS", "SIDES", "SIDE_KEYS", "STYLE_KEYS", "TOP_KEYS", "PromptBlock",
-           "PromptSet", "PromptStyle", "load_prompt_set", "prompts_dir", "shipped_prompt_file", "shipped_prompt_files",
+__all__ = ["PLACEHOLDERS", "PairStyle", "PromptBlock", "PromptFile", "SingleLabelStyle", "PromptSet", "PromptStyle", "load_prompt_set", "prompts_dir", "shipped_prompt_file", "shipped_prompt_files",
            "validate_prompt_set"]
