@@ -171,6 +171,7 @@ def test_wide_tables_are_split_by_column_group_and_never_cut_a_number():
         assert len(tables) == parts and all(len(line) <= width for line in text.splitlines())
         assert "…" not in text and text.count("0.578 [0.267, 0.873] *") == 3 and text.count("legend") == 1
         assert len(re.findall(r"│ lite0-linear-probe", text)) == parts  # the row names in every part
+        assert len(re.findall(r"│ resnet18-scratch", text)) == 1  # only where it has values
         names = "".join(re.findall(r"^│ (.*?) *│", text, re.M))
         assert "lite0-linear-probe(linear-probetimm:tf_efficientnet_lite0)" in names.replace(" ", "")
     header = [t.columns[1].header for t in rich_tables(table, 80)]

@@ -246,10 +246,16 @@ def rich_tables(table: Table, width: int) -> list[RichTable]:
     key = max(key, min(widths[0], width - _CELL_PAD - 1 - max(need(p) for p in parts)))
     out = []
     for n, cols in enumerate(parts):
+        rows = [row for row in table.rows if any(_filled(row[c]) for c in cols)] or table.rows  # its rows only
         part = Table([table.columns[0]] + [table.columns[c] for c in cols], [[row[0]] + [row[c] for c in cols]
-                     for row in table.rows], title=table.title, caption=table.caption, show_lines=table.show_lines)
+                     for row in rows], title=table.title, caption=table.caption, show_lines=table.show_lines)
         out.append(rich_table(part, key_width=key, title=n == 0, caption=n == len(parts) - 1))
     return out
+
+
+def _filled(value: Cell) -> bool:
+    """Whether a cell shows anything (a method not run on a dataset leaves that dataset's cells empty)."""
+    return str(_plain(value)).strip() not in ("", "None")
 
 
 def _rich_cell(value: Cell) -> Text:
