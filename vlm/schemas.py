@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import typing
-from typing import Annotated, Any, Literal, Mapping, Optional
+from typing import Annotated, Any, Iterable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic import ValidationError, model_validator
@@ -175,6 +175,15 @@ def _is_field(part: Any) -> bool:
     return isinstance(part, int) or not (str(part).startswith(_TYPE_TAGS) or str(part) in _TYPE_NAMES)
 
 
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """' (did you mean 'X'?)' for the option closest to a mistyped `word` (the same word in another case first),
+    else ''."""
+    options = list(options)
+    lower = {o.lower(): o for o in options}
+    close = [lower[word.lower()]] if word.lower() in lower else difflib.get_close_matches(word, options, 1, 0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def error_message(model: type[BaseModel], exc: ValidationError, what: str = "key") -> tuple[tuple, str, bool]:
     """(location, message, whether the message names the field itself) of the first error: unknown keys name
     the allowed ones, wrong types the value given."""
@@ -188,8 +197,7 @@ def error_message(model: type[BaseModel], exc: ValidationError, what: str = "key
             f" {value!r}" if len(repr(value)) < 60 else ""), False
     if kind == "extra_forbidden":
         allowed = _allowed(model, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, 1, 0.6)
-        return loc, (f"unknown {what} '{loc[-1]}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+        return loc, (f"unknown {what} '{loc[-1]}'" + did_you_mean(str(loc[-1]), allowed)
                      + (f"; allowed: {', '.join(allowed)}" if allowed else "")), True
     if kind == "missing":
         return loc, "is required", False

@@ -9,17 +9,16 @@ Every problem is a `VlmError` of the form ``FILE: FIELD (line N): message``.
 
 from __future__ import annotations
 
-import difflib
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Optional
+from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, BeforeValidator, PlainValidator, StrictStr, ValidationError
 
 from vlm.errors import VlmError
 from vlm.prompts.expand import PromptBlock, PromptSet, PromptStyle
-from vlm.schemas import Schema, error_message
+from vlm.schemas import Schema, did_you_mean, error_message
 from vlm.tasks import TaskSpec, get_task
 from vlm.yaml_files import read_yaml
 
@@ -137,20 +136,13 @@ class _Checker:
             self.fail(fld + loc, message + ("" if message.endswith((".", "?)")) else "."))
 
 
-def _hint(word: str, options: Iterable[str]) -> str:
-    options = list(options)
-    lower = {o.lower(): o for o in options}
-    close = [lower[word.lower()]] if word.lower() in lower else difflib.get_close_matches(word, options, 1, 0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 # ----------------------------------------------------------------------------- checks that need the dataset
 def _class_keys(c: _Checker, fld: tuple, mapping: dict[str, list[str]] | None, classes: list[str],
                 what: str) -> dict[str, list[str]]:
     for key in mapping or {}:
         if key not in classes:
             plural = "classes" if what == "class" else f"{what}s"
-            c.fail(fld + (key,), f"unknown {what} '{key}'{_hint(key, classes)}; the {plural} are: "
+            c.fail(fld + (key,), f"unknown {what} '{key}'{did_you_mean(key, classes)}; the {plural} are: "
                                  f"{', '.join(map(repr, classes))}.")
     return mapping or {}
 
@@ -189,7 +181,7 @@ def _check_classes(c: _Checker, classes: list[str], task: TaskSpec) -> None:
     if missing:
         parts.append("missing " + ", ".join(map(repr, missing)))
     if extra:
-        parts.append("extra " + ", ".join(f"{x!r}{_hint(x, missing)}" for x in extra))
+        parts.append("extra " + ", ".join(f"{x!r}{did_you_mean(x, missing)}" for x in extra))
     if moved:
         parts.append("index mismatch " + ", ".join(moved))
     c.fail(("classes",), f"do not match medmnist.INFO['{task.flag}'] labels {labels}: " + "; ".join(parts) + ".")
